@@ -1,0 +1,34 @@
+"""Install the RMNet reproduction's Python packages (``pip install -e .``, run by ``make setup``).
+
+Packages:
+  rmnet      code shared by layers/ and tools/: Market-1501 parsing, metrics, image loading.
+  generator  renders the RMNet train/test/deploy prototxts from Jinja2 templates.
+  layers     Caffe Python layers (losses, data layer); Caffe imports them by module name.
+
+Dependencies are pinned in one place, requirements.txt, which this file reads. Caffe itself is
+not a pip package: scripts/setup.sh builds it from Debian's source package and wires it into the
+venv.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+
+
+def requirements() -> list[str]:
+    lines = (HERE / "requirements.txt").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+setup(
+    name="rmnet-caffe",
+    version="0.1.0",
+    description="RMNet person re-identification (Izutov, 2018) reproduced in Caffe",
+    python_requires="==3.11.*",
+    packages=find_packages(include=["rmnet", "rmnet.*", "generator", "generator.*",
+                                    "layers", "layers.*"]),
+    include_package_data=True,
+    package_data={"generator": ["templates/*.j2", "variants/*.json"]},
+    install_requires=requirements(),
+)

@@ -1,0 +1,137 @@
+"""The install recipe's own checks: source verification, failure reporting, the Dockerfile replay.
+
+These run the real scripts (scripts/setup.sh, scripts/docker_check.py) on small inputs; the full
+recipe itself is exercised by `make setup` before the suite and by `make docker-check`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+SETUP = REPO / "scripts" / "setup.sh"
+
+
+def source_env() -> dict[str, str]:
+    out = {}
+    for line in (REPO / "scripts" / "caffe" / "source.env").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            out[k] = v
+    return out
+
+
+def cached_source_dir() -> Path:
+    env = source_env()
+    cache = Path(os.environ.get("RMNET_CACHE") or
+                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rmnet")
+    d = cache / "downloads" / f"{env['CAFFE_SOURCE_PACKAGE']}-{env['CAFFE_DEBIAN_VERSION']}"
+    if not d.is_dir():
+        pytest.skip(f"no downloaded source in {d} (RMNET_CACHE differs from make setup's)")
+    return d
+
+
+def verify(d: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SETUP), "--verify-source", str(d)], capture_output=True,
+                          text=True)
+
+
+def test_downloaded_source_verifies():
+    out = verify(cached_source_dir())
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "verified" in out.stdout and "and 2 files" in out.stdout
+
+
+def test_tampered_tarball_is_refused(tmp_path):
+    src = cached_source_dir()
+    for f in src.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    tarball = next(tmp_path.glob("*.orig.tar.gz"))
+    data = bytearray(tarball.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tarball.write_bytes(bytes(data))
+    out = verify(tmp_path)
+    assert out.returncode != 0
+    assert "checksum mismatch" in out.stdout and tarball.name in out.stdout
+
+
+def test_dsc_not_matching_the_pin_is_refused(tmp_path):
+    src = cached_source_dir()
+    for f in src.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    dsc = next(tmp_path.glob("*.dsc"))
+    dsc.write_text(dsc.read_text() + "\n")
+    out = verify(tmp_path)
+    assert out.returncode != 0
+    assert "scripts/caffe/source.env pins" in out.stdout
+
+
+def test_failed_step_prints_one_line_with_step_and_log(tmp_path):
+    """A download that fails (an unreachable mirror, in an empty cache) stops setup with one line
+    naming the step and its log; the half-done fetch leaves nothing that a re-run would trust."""
+    env = {**os.environ, "RMNET_CACHE": str(tmp_path / "cache"),
+           "RMNET_SETUP_LOGS": str(tmp_path / "logs"),
+           "RMNET_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"}
+    out = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode != 0
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, out.stderr
+    assert "step 'caffe source' failed" in lines[0]
+    log = tmp_path / "logs" / "03-caffe-source.log"
+    assert str(log) in lines[0] and log.exists()
+    assert "127.0.0.1" in log.read_text()
+    assert not list((tmp_path / "cache" / "downloads").glob("caffe-*"))
+
+
+# --- docker/Dockerfile replay ---------------------------------------------------------------
+
+def load_docker_check():
+    spec = importlib.util.spec_from_file_location("docker_check", REPO / "scripts" / "docker_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["docker_check"] = mod  # dataclasses look their module up here
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_dockerfile_uses_only_replayable_steps_and_the_setup_recipe():
+    dc = load_docker_check()
+    steps = dc.parse_dockerfile(REPO / "docker" / "Dockerfile")
+    ops = [s.op for s in steps]
+    assert ops[0] == "FROM" and steps[0].args == "debian:bookworm-slim"
+    assert set(ops) <= {"FROM", "ENV", "ARG", "WORKDIR", "COPY", "RUN", "CMD"}
+    runs = " ".join(s.args for s in steps if s.op == "RUN")
+    assert "make setup" in runs
+    assert dc.debian_suite(steps[0].args, "x") == "bookworm"
+
+
+def test_dockerfile_parser_joins_lines_and_rejects_the_unknown(tmp_path):
+    dc = load_docker_check()
+    f = tmp_path / "Dockerfile"
+    f.write_text("FROM debian:bookworm\n# c\nRUN echo a \\\n    && echo b\nENV A=1 B=\"x y\"\n")
+    steps = dc.parse_dockerfile(f)
+    assert [(s.op, s.line) for s in steps] == [("FROM", 1), ("RUN", 3), ("ENV", 5)]
+    assert steps[1].args == "echo a && echo b"
+    assert dc.parse_env_args(steps[2].args, {}, "x") == {"A": "1", "B": "x y"}
+    assert dc.expand("$A/${B}", {"A": "1", "B": "2"}) == "1/2"
+    with pytest.raises(dc.DockerfileError, match="only FROM debian"):
+        dc.debian_suite("ubuntu:22.04", "Dockerfile:1")
+    f.write_text("FROM debian:bookworm\nHEALTHCHECK CMD true\n")
+    rep = dc.Replayer(tmp_path, tmp_path, {})
+    with pytest.raises(dc.DockerfileError, match=r"Dockerfile:2: instruction HEALTHCHECK"):
+        rep.replay(dc.parse_dockerfile(f), f)
+
+
+def test_context_respects_dockerignore():
+    dc = load_docker_check()
+    files = {str(p) for p in dc.context_files(REPO)}
+    assert "scripts/setup.sh" in files and "docker/Dockerfile" in files
+    assert not any(f.startswith((".venv/", ".setup-logs/", ".git/")) for f in files)
+    assert not any("__pycache__" in f for f in files)
