@@ -123,7 +123,9 @@ def base_root(suite: str, cache: Path, work: Path) -> Path:
     if tarball.exists():
         print(f"docker-check: base image from cache {tarball}", flush=True)
         with tarfile.open(tarball) as tf:
-            tf.extractall(root, filter="fully_trusted")
+            # Our own tarball of a debootstrap root (device nodes, absolute links): trusted.
+            kwargs = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+            tf.extractall(root, **kwargs)
         return root
     if not shutil.which("debootstrap"):
         run(["apt-get", "update"])

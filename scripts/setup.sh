@@ -185,12 +185,13 @@ verify_source() {
 
 step_caffe_source() {
   if verify_source "$SRC_DIR" >/dev/null 2>&1; then verify_source "$SRC_DIR"; return 0; fi
-  local mirror tmp apt_opts
+  local mirror apt_opts
   mirror=$(debian_mirror)
   [ -n "$mirror" ] || { echo "no Debian mirror found in apt's configuration; set RMNET_DEBIAN_MIRROR"; return 1; }
   progress "fetching Debian source package $CAFFE_SOURCE_PACKAGE $CAFFE_DEBIAN_VERSION ($CAFFE_DEBIAN_SUITE)"
-  tmp=$(mktemp -d "$CACHE/downloads/.fetch.XXXXXX")
-  trap 'rm -rf "$tmp"' EXIT   # this step runs in its own subshell
+  FETCH_TMP=$(mktemp -d "$CACHE/downloads/.fetch.XXXXXX")
+  trap 'rm -rf "$FETCH_TMP"' EXIT   # this step runs in its own subshell
+  local tmp=$FETCH_TMP
   mkdir -p "$tmp/state/lists/partial" "$tmp/state/cache/archives/partial" "$tmp/files"
   echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $CAFFE_DEBIAN_SUITE main" \
     >"$tmp/state/sources.list"

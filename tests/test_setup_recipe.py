@@ -88,7 +88,7 @@ def test_failed_step_prints_one_line_with_step_and_log(tmp_path):
     log = tmp_path / "logs" / "03-caffe-source.log"
     assert str(log) in lines[0] and log.exists()
     assert "127.0.0.1" in log.read_text()
-    assert not list((tmp_path / "cache" / "downloads").glob("caffe-*"))
+    assert list((tmp_path / "cache" / "downloads").iterdir()) == []  # no half-fetched files
 
 
 # --- docker/Dockerfile replay ---------------------------------------------------------------
@@ -130,6 +130,8 @@ def test_dockerfile_parser_joins_lines_and_rejects_the_unknown(tmp_path):
 
 
 def test_context_respects_dockerignore():
+    if not (REPO / ".git").exists() or not shutil.which("git"):
+        pytest.skip("needs a git checkout and git (the Docker image has neither)")
     dc = load_docker_check()
     files = {str(p) for p in dc.context_files(REPO)}
     assert "scripts/setup.sh" in files and "docker/Dockerfile" in files
