@@ -1,0 +1,144 @@
+"""Atomic file and directory writing, for every output the project produces.
+
+An interrupted run (Ctrl-C, a crash, a full disk) must never leave a half-written caffemodel, plot,
+score file or dataset where a later step would take it for a complete one. So every writer works
+on a temporary name in the destination's own directory (same file system, so the final rename is
+atomic) and the result appears under its real name only once it is complete and flushed to disk:
+
+- ``atomic_path(path)``: a context manager that yields a temporary path for any writer that wants
+  a file name (``net.save``, ``fig.savefig``, ``cv2.imwrite``); on a clean exit the file is
+  fsynced and ``os.replace``d onto ``path``; on an exception it is deleted and an existing
+  ``path`` is left untouched. The temporary name keeps ``path``'s suffix, so writers that pick
+  the format from the extension (OpenCV, matplotlib) still work.
+- ``atomic_write(path, writer)``: the same, calling ``writer(tmp_path)``.
+- ``atomic_write_bytes`` / ``atomic_write_text``: the common cases.
+- ``atomic_dir(path, overwrite=False)``: a whole directory (e.g. a generated dataset) built under
+  a temporary name next to ``path`` and renamed into place; a non-empty existing ``path`` is
+  refused unless ``overwrite``.
+
+New files get the usual permissions (0666 minus the umask), an overwritten file keeps its mode.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable; best effort (not every file system supports it)."""
+    try:
+        _fsync_path(path)
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path next to ``path``; on success move it onto ``path``.
+
+    The parent directory is created if needed. The writer must create (or overwrite) the yielded
+    file; if it raises, the temporary file is removed and ``path`` is unchanged.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, cannot write a file there")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-",
+                                    suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"{path}: the writer removed its temporary file {tmp}")
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[Path], object]) -> Path:
+    """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically; return ``path``."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``path``; on success rename it to ``path``.
+
+    An existing empty directory at ``path`` is replaced. A non-empty one raises
+    ``FileExistsError`` (checked before anything is built, and again before the rename) unless
+    ``overwrite``: then it is moved aside, the new directory renamed into place, and the old one
+    deleted. If the body raises, the temporary directory is deleted and ``path`` is unchanged.
+    """
+    path = Path(path)
+
+    def check() -> None:
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                raise FileExistsError(f"{path}: exists and is not a directory")
+            if not overwrite and any(path.iterdir()):
+                raise FileExistsError(f"{path}: directory exists and is not empty "
+                                      f"(pass overwrite/--force to replace it)")
+
+    check()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        check()
+        os.sync()   # the files' data reaches the disk before the rename makes them visible
+        old = None
+        if path.is_dir() and any(path.iterdir()):
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            os.replace(path, old / path.name)
+        try:
+            os.replace(tmp, path)   # rename(2) replaces an empty directory atomically
+        except BaseException:
+            if old is not None:   # put the previous contents back
+                os.replace(old / path.name, path)
+                shutil.rmtree(old, ignore_errors=True)
+            raise
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
