@@ -1,0 +1,191 @@
+"""The Market-1501 data layer: batch planning without Caffe (determinism, worker independence,
+corrupt images), then the real layers through pycaffe: tops, the TEST phase, the loss feedback
+reaching the miner, and the errors a user meets first (wrong folder, wrong class count)."""
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layers.data import BatchSource, DataConfig, load_train_list
+from rmnet.synthetic import SyntheticConfig, generate
+
+H, W = 32, 16
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "market"
+    generate(root, SyntheticConfig(train_ids=6, test_ids=2, images_per_id=4, seed=3))
+    return root
+
+
+def make_source(root: Path, workers: int = 0, seed: int = 0, train: bool = True, log=print,
+                **kw) -> BatchSource:
+    cfg = DataConfig(root=str(root), height=H, width=W, batch_size=8, images_per_id=2,
+                     workers=workers, prefetch=2, seed=seed, **kw)
+    paths, labels, _ = load_train_list(root)
+    return BatchSource(cfg, paths, labels, train, log=log)
+
+
+def take(source: BatchSource, n: int) -> list[tuple]:
+    try:
+        return [source.next() for _ in range(n)]
+    finally:
+        source.close()
+
+
+def test_same_seed_same_batches_whoever_renders_them(dataset):
+    a = take(make_source(dataset, workers=0, seed=5), 6)
+    b = take(make_source(dataset, workers=2, seed=5), 6)
+    c = take(make_source(dataset, workers=0, seed=6), 6)
+    for (ia, la, wa, da), (ib, lb, wb, db) in zip(a, b):
+        np.testing.assert_array_equal(ia, ib)
+        np.testing.assert_array_equal(la, lb)
+        np.testing.assert_array_equal(wa, wb)
+        np.testing.assert_array_equal(da, db)
+    assert any(not np.array_equal(x[3], y[3]) for x, y in zip(a, c))
+
+
+def test_batches_are_k_images_of_each_identity_and_augmented(dataset):
+    (images, labels, weights, ids), = take(make_source(dataset, mining=False), 1)
+    assert images.shape == (8, H, W, 3) and images.dtype == np.uint8
+    _, counts = np.unique(labels, return_counts=True)
+    assert set(counts) == {2}                      # images_per_id, no mining: no selection
+    np.testing.assert_array_equal(weights, 1.0)
+    paths, all_labels, _ = load_train_list(dataset)
+    np.testing.assert_array_equal(all_labels[ids], labels)
+
+
+def test_test_phase_walks_the_list_in_order_without_augmentation(dataset):
+    from layers import augment
+    from rmnet.images import load_bgr
+
+    src = make_source(dataset, train=False)
+    (images, _, weights, ids), (_, _, _, ids2) = take(src, 2)
+    np.testing.assert_array_equal(ids, np.arange(8))
+    np.testing.assert_array_equal(ids2, np.arange(8, 16))
+    np.testing.assert_array_equal(weights, 1.0)
+    np.testing.assert_array_equal(images[3], augment.apply(load_bgr(src.paths[3]), H, W, None))
+
+
+def test_corrupt_image_gets_weight_zero_is_never_drawn_again_and_reported_once(dataset, tmp_path):
+    root = tmp_path / "market"
+    shutil.copytree(dataset, root)
+    paths, labels, _ = load_train_list(root)
+    victim = Path(paths[0])
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])   # truncated JPEG
+    messages: list[str] = []
+    src = make_source(root, workers=2, log=messages.append, mining=False)
+    seen_bad = 0
+    batches = take(src, 40)                  # 40 batches of 4 ids = several rounds of 6 ids
+    for images, _, weights, ids in batches:
+        for i in np.flatnonzero(ids == 0):
+            assert weights[i] == 0.0 and not images[i].any()
+            seen_bad += 1
+    assert seen_bad == 1                     # drawn once, then excluded by the miner
+    assert src.bad == {0}
+    assert len(messages) == 1 and victim.name in messages[0] and "skipped 1" in messages[0]
+
+
+def test_every_image_unreadable_stops_with_a_message(dataset, tmp_path):
+    root = tmp_path / "market"
+    shutil.copytree(dataset, root)
+    for p in (root / "bounding_box_train").glob("*.jpg"):
+        p.write_bytes(b"not a jpeg")
+    src = make_source(root, mining=False)
+    with pytest.raises(RuntimeError, match="no readable image"):
+        take(src, 100)
+
+
+# --- through Caffe ------------------------------------------------------------------------------
+
+def data_net(tmp_path: Path, root: Path, classes: int, **data_kw) -> str:
+    """Data layer -> InnerProduct -> AM-Softmax (per-sample losses) -> feedback to the data layer."""
+    cfg = dict(root=str(root), height=H, width=W, batch_size=8, images_per_id=2, workers=1,
+               prefetch=2, num_classes=classes, mining=True, weighted=True, name="data")
+    cfg.update(data_kw)
+    am = dict(num_classes=classes, scale=10.0, margin=0.2)
+    text = f"""\
+        name: "data_test"
+        layer {{ name: "data" type: "Python"
+                top: "data" top: "label" top: "sample_weight" top: "sample_id"
+                python_param {{ module: "layers.data" layer: "MarketDataLayer"
+                               param_str: '{json.dumps(cfg)}' }} }}
+        layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+                inner_product_param {{ num_output: 6 weight_filler {{ type: "gaussian" std: 0.001 }} }} }}
+        layer {{ name: "loss/am_softmax" type: "Python"
+                bottom: "fc" bottom: "label" bottom: "sample_weight"
+                top: "loss/am_softmax" top: "loss/am_softmax/per_sample"
+                loss_weight: 1 loss_weight: 0
+                param {{ lr_mult: 1 decay_mult: 1 }}
+                python_param {{ module: "layers.losses" layer: "AMSoftmaxLossLayer"
+                               param_str: '{json.dumps(am)}' }} }}
+        layer {{ name: "hsm_feedback" type: "Python"
+                bottom: "sample_id" bottom: "loss/am_softmax/per_sample"
+                python_param {{ module: "layers.data" layer: "HardSampleFeedbackLayer"
+                               param_str: '{{"source": "data", "weights": [1.0]}}' }} }}
+    """
+    path = tmp_path / "data_net.prototxt"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_layer_tops_and_feedback_reach_the_miner(caffe, dataset, tmp_path):
+    from layers.data import _SOURCES
+
+    net = caffe.Net(data_net(tmp_path, dataset, 6), caffe.TRAIN)
+    try:
+        source = _SOURCES[("data", caffe.TRAIN)]
+        assert np.isnan(source.miner.losses).all()
+        for _ in range(3):
+            net.forward()
+        data = net.blobs["data"].data
+        assert data.shape == (8, 3, H, W) and data.min() >= 0 and data.max() <= 255
+        assert data.max() > 50                               # real pixels, not zeros
+        ids = net.blobs["sample_id"].data.astype(int)
+        labels = net.blobs["label"].data.astype(int)
+        np.testing.assert_array_equal(source.labels[ids], labels)
+        assert labels.max() < 6
+        w = net.blobs["sample_weight"].data
+        assert w.min() > 0 and w.mean() == pytest.approx(1.0, abs=1e-5)
+        # The per-sample losses of the last batch are what the miner now knows about those ids.
+        known = source.miner.losses[ids, 0]
+        np.testing.assert_allclose(known, net.blobs["loss/am_softmax/per_sample"].data.ravel(),
+                                   rtol=1e-6)
+        assert np.isfinite(source.miner.losses).sum() >= 8
+    finally:
+        _SOURCES[("data", caffe.TRAIN)].close()
+
+
+def test_test_phase_layer_gives_unit_weights(caffe, dataset, tmp_path):
+    from layers.data import _SOURCES
+
+    net = caffe.Net(data_net(tmp_path, dataset, 6), caffe.TEST)
+    try:
+        net.forward()
+        np.testing.assert_array_equal(net.blobs["sample_weight"].data, 1.0)
+        np.testing.assert_array_equal(net.blobs["sample_id"].data, np.arange(8))
+        assert np.isnan(_SOURCES[("data", caffe.TEST)].miner.losses).all()   # no mining in TEST
+    finally:
+        _SOURCES[("data", caffe.TEST)].close()
+
+
+def test_class_count_mismatch_is_refused(caffe, dataset, tmp_path):
+    with pytest.raises(ValueError, match="6 train identities but the net was generated for "
+                                         "num_classes=751"):
+        caffe.Net(data_net(tmp_path, dataset, 751), caffe.TRAIN)
+
+
+def test_missing_dataset_names_the_expected_layout(caffe, tmp_path):
+    with pytest.raises(Exception, match="bounding_box_train"):
+        caffe.Net(data_net(tmp_path, tmp_path / "nowhere", 6), caffe.TRAIN)
+
+
+def test_unknown_param_is_refused(caffe, dataset, tmp_path):
+    with pytest.raises(Exception, match="batchsize"):
+        caffe.Net(data_net(tmp_path, dataset, 6, batchsize=3), caffe.TRAIN)

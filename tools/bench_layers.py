@@ -1,0 +1,204 @@
+"""Benchmark: forward+backward time of the loss layers against RMNet's own, in one run.
+
+    .venv/bin/python tools/bench_layers.py                     # batch 128, 256-d, 751 classes
+    .venv/bin/python tools/bench_layers.py --repeats 10 --rmnet-repeats 1
+    .venv/bin/python tools/bench_layers.py --no-rmnet          # the loss layers only
+
+Target: the two loss layers (AM-Softmax + local structure, forward + backward) take < 5% of the
+RMNet 160x64 forward + backward at the same batch size.
+
+- Loss layers: a net of Input blobs (embedding_calibrated, embedding, label, sample_weight) and
+  the two loss layers exactly as the generated train net defines them (``--train``, default
+  prototxt/light/train.prototxt: param_str, loss weights, params), else the contract's
+  defaults. Labels come as ``images_per_id`` images of each identity, like the training batches.
+- RMNet: the generated deploy net (``--deploy``, default prototxt/light/deploy.prototxt) with its
+  Input resized to the batch, ``force_backward``, in the TRAIN phase (BatchNorm on batch
+  statistics, as in training), random pixels, a random gradient on the output blob. The train
+  net's Python dropout layers are not in the deploy net, so the true training step is a bit
+  slower than this reference, which makes the ratio a slight over-estimate.
+
+Times are medians over ``--repeats`` (after one warm-up pass), wall clock, CPU Caffe with the
+threads OpenBLAS chooses. Numbers only: nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+LOSS_LAYERS = ("loss/am_softmax", "loss/local")
+
+DEFAULT_LOSSES = """\
+layer { name: "loss/am_softmax" type: "Python"
+  bottom: "embedding_calibrated" bottom: "label" bottom: "sample_weight"
+  top: "loss/am_softmax" top: "loss/am_softmax/per_sample"
+  loss_weight: 1 loss_weight: 0
+  param { lr_mult: 1 decay_mult: 1 }
+  python_param { module: "layers.losses" layer: "AMSoftmaxLossLayer"
+                 param_str: '{"num_classes": CLASSES, "scale": 30.0, "margin": 0.35}' } }
+layer { name: "loss/local" type: "Python"
+  bottom: "embedding" bottom: "label" bottom: "sample_weight"
+  top: "loss/center" top: "loss/push" top: "loss/glob_push" top: "loss/local/per_sample"
+  loss_weight: 1 loss_weight: 1 loss_weight: 1 loss_weight: 0
+  param { lr_mult: 1 decay_mult: 0 } param { lr_mult: 0 decay_mult: 0 }
+  python_param { module: "layers.losses" layer: "LocalStructureLossLayer"
+                 param_str: '{"num_classes": CLASSES, "smart_margins": {"start": 0.15, "ramp_iters": 40000}}' } }
+"""
+
+
+def parse_net(text: str):
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+    return text_format.Parse(text, caffe_pb2.NetParameter())
+
+
+def write_temp(net_param) -> str:
+    from google.protobuf import text_format
+    fd, path = tempfile.mkstemp(suffix=".prototxt", prefix="bench_")
+    with os.fdopen(fd, "w") as f:
+        f.write(text_format.MessageToString(net_param))
+    return path
+
+
+def loss_net_param(train: Path, batch: int, dim: int, classes: int):
+    """NetParameter: Input blobs + the two loss layers (from the train net when it exists)."""
+    from caffe.proto import caffe_pb2
+    net = caffe_pb2.NetParameter(name="bench_losses", force_backward=True)
+    inp = net.layer.add(name="input", type="Input")
+    for top, shape in (("embedding_calibrated", [batch, dim, 1, 1]),
+                       ("embedding", [batch, dim, 1, 1]), ("label", [batch]),
+                       ("sample_weight", [batch])):
+        inp.top.append(top)
+        inp.input_param.shape.add(dim=shape)
+    source = "contract defaults"
+    layers = []
+    if train.exists():
+        found = {layer.name: layer for layer in parse_net(train.read_text()).layer
+                 if layer.name in LOSS_LAYERS}
+        layers = [found[name] for name in LOSS_LAYERS if name in found]
+        source = f"{train.relative_to(REPO) if train.is_relative_to(REPO) else train}"
+    if not layers:
+        layers = list(parse_net(DEFAULT_LOSSES.replace("CLASSES", str(classes))).layer)
+        source = "contract defaults"
+    for layer in layers:
+        net.layer.add().CopyFrom(layer)
+    return net, source
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()   # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_losses(caffe, args) -> dict[str, tuple[float, float]]:
+    net_param, source = loss_net_param(args.train, args.batch, args.dim, args.classes)
+    path = write_temp(net_param)
+    try:
+        net = caffe.Net(path, caffe.TRAIN)
+    finally:
+        os.unlink(path)
+    rng = np.random.default_rng(0)
+    per_id = args.images_per_id
+    ids = rng.choice(args.classes, size=-(-args.batch // per_id), replace=False)
+    labels = np.repeat(ids, per_id)[:args.batch]
+    for blob in ("embedding_calibrated", "embedding"):
+        net.blobs[blob].data[...] = rng.standard_normal(net.blobs[blob].data.shape)
+    net.blobs["label"].data[...] = labels
+    net.blobs["sample_weight"].data[...] = rng.uniform(0.25, 4.0, args.batch)
+    print(f"loss layers ({source}): batch {args.batch}, {args.dim}-d, {args.classes} classes")
+    out = {}
+    for name in [layer.name for layer in net_param.layer if layer.name in LOSS_LAYERS]:
+        fwd = median_time(lambda: net.forward(start=name, end=name), args.repeats)
+        bwd = median_time(lambda: net.backward(start=name, end=name), args.repeats)
+        out[name] = (fwd, bwd)
+        print(f"  {name:18s} forward {fwd * 1e3:8.2f} ms   backward {bwd * 1e3:8.2f} ms   "
+              f"total {(fwd + bwd) * 1e3:8.2f} ms")
+    total = sum(f + b for f, b in out.values())
+    print(f"  {'both':18s} {'':46s}total {total * 1e3:8.2f} ms")
+    return out
+
+
+def bench_rmnet(caffe, args) -> float | None:
+    if not args.deploy.exists():
+        print(f"RMNet: {args.deploy} not found. TODO(lead): generate it (python -m generator "
+              f"--out prototxt) and re-run for the ratio.")
+        return None
+    net_param = parse_net(args.deploy.read_text())
+    inputs = [layer for layer in net_param.layer if layer.type == "Input"]
+    if len(inputs) != 1:
+        raise SystemExit(f"{args.deploy}: expected one Input layer, found {len(inputs)}")
+    inputs[0].input_param.shape[0].dim[0] = args.batch
+    net_param.force_backward = True
+    path = write_temp(net_param)
+    try:
+        net = caffe.Net(path, caffe.TRAIN)
+    finally:
+        os.unlink(path)
+    rng = np.random.default_rng(0)
+    data = inputs[0].top[0]
+    net.blobs[data].data[...] = rng.uniform(0, 255, net.blobs[data].data.shape)
+    outputs = list(net.outputs)
+    shape = net.blobs[data].data.shape
+    print(f"RMNet ({args.deploy.relative_to(REPO) if args.deploy.is_relative_to(REPO) else args.deploy}"
+          f", TRAIN phase): input {shape[0]}x{shape[1]}x{shape[2]}x{shape[3]}, "
+          f"output {outputs}")
+
+    def step():
+        net.forward()
+        for name in outputs:
+            net.blobs[name].diff[...] = rng.standard_normal(net.blobs[name].diff.shape)
+        net.backward()
+
+    t = median_time(step, args.rmnet_repeats)
+    print(f"  forward+backward {t * 1e3:10.1f} ms  (median of {args.rmnet_repeats})")
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--classes", type=int, default=751)
+    ap.add_argument("--images-per-id", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=20, help="loss-layer timing repeats")
+    ap.add_argument("--rmnet-repeats", type=int, default=2, help="RMNet timing repeats")
+    ap.add_argument("--train", type=Path, default=REPO / "prototxt/light/train.prototxt")
+    ap.add_argument("--deploy", type=Path, default=REPO / "prototxt/light/deploy.prototxt")
+    ap.add_argument("--no-rmnet", action="store_true", help="time the loss layers only")
+    args = ap.parse_args(argv)
+    if min(args.batch, args.dim, args.repeats, args.rmnet_repeats, args.images_per_id) < 1 \
+            or args.classes < 2:
+        ap.error("sizes and repeats must be >= 1, classes >= 2")
+
+    import caffe
+    caffe.set_mode_cpu()
+    losses = bench_losses(caffe, args)
+    total = sum(f + b for f, b in losses.values())
+    if args.no_rmnet:
+        return 0
+    rmnet = bench_rmnet(caffe, args)
+    if rmnet is None:
+        return 0
+    ratio = 100 * total / rmnet
+    print(f"ratio: loss layers {total * 1e3:.1f} ms / RMNet {rmnet * 1e3:.1f} ms = {ratio:.2f}% "
+          f"(target < 5%: {'met' if ratio < 5 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
