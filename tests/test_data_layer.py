@@ -189,3 +189,14 @@ def test_missing_dataset_names_the_expected_layout(caffe, tmp_path):
 def test_unknown_param_is_refused(caffe, dataset, tmp_path):
     with pytest.raises(Exception, match="batchsize"):
         caffe.Net(data_net(tmp_path, dataset, 6, batchsize=3), caffe.TRAIN)
+
+
+def test_data_benchmark_runs_and_reports_a_rate(capsys):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import bench_layers
+    bench_layers.main(["--data-only", "--data-batches", "3", "--data-batch", "16",
+                       "--workers", "1"])
+    out = capsys.readouterr().out
+    rate = float(out.split("images/s")[0].split()[-1])
+    assert rate > 0 and "target >= 1000" in out

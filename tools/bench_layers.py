@@ -3,6 +3,7 @@
     .venv/bin/python tools/bench_layers.py                     # batch 128, 256-d, 751 classes
     .venv/bin/python tools/bench_layers.py --repeats 10 --rmnet-repeats 1
     .venv/bin/python tools/bench_layers.py --no-rmnet          # the loss layers only
+    .venv/bin/python tools/bench_layers.py --data-only         # the data layer's images/s
 
 Target: the two loss layers (AM-Softmax + local structure, forward + backward) take < 5% of the
 RMNet 160x64 forward + backward at the same batch size.
@@ -19,6 +20,13 @@ RMNet 160x64 forward + backward at the same batch size.
 
 Times are medians over ``--repeats`` (after one warm-up pass), wall clock, CPU Caffe with the
 threads OpenBLAS chooses. Numbers only: nothing is asserted.
+
+- Data layer (``--data``, or ``--data-only``): images/s of ``layers.data.MarketDataLayer`` under
+  pycaffe at the train net's size (160x64), with augmentation at full difficulty, hard-sample
+  mining (weighted) and its feedback layer, on a synthetic Market-1501-shaped dataset written to a
+  temporary folder (``--data-root`` for a real one). The feedback's per-sample "losses" come from a
+  Power layer on the labels: the miner's work does not depend on the values. Target: >= 1,000
+  images/s on this 2-core machine, so a GPU would not wait on it.
 """
 from __future__ import annotations
 
@@ -168,6 +176,55 @@ def bench_rmnet(caffe, args) -> float | None:
     return t
 
 
+DATA_NET = """\
+name: "data_bench"
+layer {{ name: "data" type: "Python" top: "data" top: "label" top: "sample_weight" top: "sample_id"
+        python_param {{ module: "layers.data" layer: "MarketDataLayer" param_str: '{params}' }} }}
+layer {{ name: "fake_loss" type: "Power" bottom: "label" top: "fake_loss"
+        power_param {{ scale: 0.37 shift: 1 }} }}
+layer {{ name: "hsm_feedback" type: "Python" bottom: "sample_id" bottom: "fake_loss"
+        python_param {{ module: "layers.data" layer: "HardSampleFeedbackLayer"
+                       param_str: '{{"source": "data", "weights": [1.0]}}' }} }}
+layer {{ name: "silence" type: "Silence" bottom: "data" bottom: "sample_weight" }}
+"""
+
+
+def bench_data(caffe, args) -> float:
+    """Images/s of the data layer in a net of its own (see the module docstring)."""
+    import json
+
+    from layers.data import _SOURCES
+    from rmnet.synthetic import SyntheticConfig, generate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.data_root
+        if root is None:
+            root = Path(tmp) / "market"
+            generate(root, SyntheticConfig(train_ids=64, test_ids=1, images_per_id=10))
+        params = dict(root=str(root), height=args.height, width=args.width,
+                      batch_size=args.data_batch, images_per_id=args.images_per_id,
+                      mining=True, weighted=True, difficulty_start=1.0,
+                      workers=args.workers, seed=0, name="data")
+        path = Path(tmp) / "data_bench.prototxt"
+        path.write_text(DATA_NET.format(params=json.dumps(params)))
+        net = caffe.Net(str(path), caffe.TRAIN)
+        try:
+            for _ in range(5):                      # fill the prefetch queue, warm the workers
+                net.forward()
+            start = time.perf_counter()
+            for _ in range(args.data_batches):
+                net.forward()
+            elapsed = time.perf_counter() - start
+        finally:
+            _SOURCES[("data", caffe.TRAIN)].close()
+    rate = args.data_batches * args.data_batch / elapsed
+    print(f"data layer ({args.height}x{args.width}, batch {args.data_batch}, "
+          f"{args.workers} workers, augmentation + weighted mining, {root if args.data_root else 'synthetic dataset'}):")
+    print(f"  {rate:10.0f} images/s over {args.data_batches} batches "
+          f"(target >= 1000: {'met' if rate >= 1000 else 'NOT met'})")
+    return rate
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,6 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", type=Path, default=REPO / "prototxt/light/train.prototxt")
     ap.add_argument("--deploy", type=Path, default=REPO / "prototxt/light/deploy.prototxt")
     ap.add_argument("--no-rmnet", action="store_true", help="time the loss layers only")
+    ap.add_argument("--data", action="store_true", help="also the data layer's images/s")
+    ap.add_argument("--data-only", action="store_true", help="the data layer's images/s only")
+    ap.add_argument("--data-root", type=Path, help="Market-1501-layout folder "
+                    "(default: a synthetic one in a temporary folder)")
+    ap.add_argument("--data-batch", type=int, default=64)
+    ap.add_argument("--data-batches", type=int, default=60)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--height", type=int, default=160)
+    ap.add_argument("--width", type=int, default=64)
     args = ap.parse_args(argv)
     if min(args.batch, args.dim, args.repeats, args.rmnet_repeats, args.images_per_id) < 1 \
             or args.classes < 2:
@@ -187,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import caffe
     caffe.set_mode_cpu()
+    if args.data_only:
+        bench_data(caffe, args)
+        return 0
+    if args.data:
+        bench_data(caffe, args)
     losses = bench_losses(caffe, args)
     total = sum(f + b for f, b in losses.values())
     if args.no_rmnet:
