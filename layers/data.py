@@ -215,8 +215,10 @@ _SOURCES: dict[tuple[str, int], BatchSource] = {}
 
 
 if caffe is not None:
+    from layers.errors import reports_errors
     from layers.config import parse_config
 
+    @reports_errors
     class MarketDataLayer(caffe.Layer):
         """Tops: data (N,3,H,W) BGR 0..255, label (N,), sample_weight (N,), sample_id (N,)."""
 
@@ -258,6 +260,7 @@ if caffe is not None:
         source: str = "data"
         weights: list[float] = field(default_factory=lambda: [1.0])
 
+    @reports_errors
     class HardSampleFeedbackLayer(caffe.Layer):
         """Bottoms: sample_id (N,), then per-sample loss blobs ((N,) or (N,k)). Their columns,
         in order, are weighted by ``weights`` into each sample's estimated loss (paper V.ii b)."""

@@ -59,8 +59,10 @@ class ScheduledDropoutConfig:
 
 
 if caffe is not None:
+    from layers.errors import reports_errors
     from layers.config import parse_config
 
+    @reports_errors
     class ScheduledDropoutLayer(caffe.Layer):
         """In-place-safe dropout with an iteration switch; param_str: ScheduledDropoutConfig."""
 

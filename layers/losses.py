@@ -101,7 +101,9 @@ def check_counts(bottom, n: int, layer: str) -> None:
 
 
 if caffe is not None:
+    from layers.errors import reports_errors
 
+    @reports_errors
     class _LossLayerBase(caffe.Layer):
         """Shared bottom/top checks of the two loss layers."""
         NAME = ""
@@ -154,6 +156,7 @@ if caffe is not None:
                 if propagate_down[i]:
                     bottom[i].diff[...] = 0
 
+    @reports_errors
     class AMSoftmaxLossLayer(_LossLayerBase):
         """AM-Softmax (paper eq. 2); param_str: ``layers.config.AMSoftmaxConfig``."""
         NAME = "AMSoftmaxLossLayer"
@@ -188,6 +191,7 @@ if caffe is not None:
                 bottom[0].diff[...] = 0
             self._zero_label_diffs(propagate_down, bottom)
 
+    @reports_errors
     class LocalStructureLossLayer(_LossLayerBase):
         """Center, Push and GlobPush (paper eqs. 3-5) with smart margins;
         param_str: ``layers.config.LocalStructureConfig``."""
