@@ -1,20 +1,32 @@
 # RMNet in Caffe: the commands the README shows.
 #   make setup         Debian packages, Caffe built from source (cached), .venv wired to it
 #   make test          setup if needed, then the whole test suite
+#   make demo          the main job: synthetic dataset, train the light RMNet, evaluate (~10 min)
+#                      make demo DATA=/path/to/Market-1501-layout ITERS=N   on another dataset
+#   make train DATA=/path/to/Market-1501-v15.09.15    the paper's full training (150k iterations)
 #   make prototxt      regenerate prototxt/ and solvers/ from generator/ (committed files)
 #   make docker-check  run docker/Dockerfile's steps in a fresh Debian root (debootstrap + chroot)
 
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
+DATA ?=
+ITERS ?=
 
-.PHONY: setup test prototxt docker-check
+.PHONY: setup test demo train prototxt docker-check
 
 setup:
 	@bash scripts/setup.sh
 
 test: setup
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+
+demo: setup
+	$(PYTHON) tools/demo.py $(if $(DATA),--data "$(DATA)") $(if $(ITERS),--iters $(ITERS))
+
+train: setup
+	@if [ -z "$(DATA)" ]; then echo "usage: make train DATA=/path/to/Market-1501-v15.09.15 [ITERS=N]" >&2; exit 2; fi
+	$(PYTHON) tools/train.py --data "$(DATA)" $(if $(ITERS),--iters $(ITERS))
 
 prototxt: setup
 	$(PYTHON) -m generator --out prototxt --solvers solvers

@@ -1,0 +1,396 @@
+"""Training around the plain `caffe train` command: checks before it starts, the initial
+caffemodel (paper V.ii), BatchNorm statistics for an untrained net, and a runner that streams
+Caffe's log with progress and turns a crash into one message naming the iteration and layer.
+
+Used by tools/init_weights.py, tools/train.py and tools/demo.py. Users can always run
+`caffe train -solver solvers/market.prototxt` themselves; these are conveniences around it.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from rmnet.io import atomic_path
+from rmnet.weights import TransferReport, copy_by_name, msra, orthogonal
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or stopped; the message says why, naming files/iteration/layer."""
+
+
+# --- caffemodels ------------------------------------------------------------------------------
+
+def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
+    """Every layer's blobs in a caffemodel, read with Caffe's schema (no prototxt needed)."""
+    from caffe.proto import caffe_pb2
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"{path}: no such caffemodel")
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(path.read_bytes())
+    except Exception as e:
+        raise TrainingError(f"{path}: not a caffemodel ({e})") from None
+    out = {}
+    for layer in list(net.layer) + list(net.layers):
+        if layer.blobs:
+            out[layer.name] = [
+                np.asarray(b.data, np.float32).reshape(
+                    tuple(b.shape.dim) if b.shape.dim else (b.num, b.channels, b.height, b.width))
+                for b in layer.blobs]
+    return out
+
+
+def net_param_shapes(prototxt: str | os.PathLike, phase: str = "TEST") -> dict[str, list[tuple]]:
+    """{layer: [blob shapes]} of a net, from Caffe itself. A Market-1501 data layer is swapped
+    for an Input layer of the same tops first, so no dataset is read and no worker started."""
+    import tempfile
+
+    import caffe
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    net_param = caffe_pb2.NetParameter()
+    text_format.Parse(Path(prototxt).read_text(), net_param)
+    for layer in net_param.layer:
+        if layer.type == "Python" and layer.python_param.layer == "MarketDataLayer":
+            cfg = json.loads(layer.python_param.param_str)
+            n = cfg.get("batch_size", 64)
+            tops = list(layer.top)
+            layer.Clear()
+            layer.name, layer.type = "data", "Input"
+            layer.top.extend(tops)
+            shapes = [(n, 3, cfg.get("height", 160), cfg.get("width", 64))] + [(n,)] * (len(tops) - 1)
+            for shape in shapes:
+                layer.input_param.shape.add().dim.extend(shape)
+    with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
+        f.write(text_format.MessageToString(net_param))
+        f.flush()
+        net = caffe.Net(f.name, getattr(caffe, phase))
+    return {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
+
+
+def check_weights_fit(prototxt: str | os.PathLike, caffemodel: str | os.PathLike,
+                      phase: str = "TEST") -> list[str]:
+    """Refuse a caffemodel whose layers do not fit the net (Caffe would abort mid-run).
+
+    Every layer both have must agree in blob count and shapes; at least one layer must be
+    shared. Layers only the net has (losses, dropout counters) are fine: Caffe keeps their
+    initialisation. Returns the shared layer names; raises TrainingError naming both files.
+    """
+    source = read_caffemodel(caffemodel)
+    target = net_param_shapes(prototxt, phase)
+    shared = [n for n in target if n in source]
+    for name in shared:
+        want, have = target[name], [tuple(b.shape) for b in source[name]]
+        if len(want) != len(have) or any(np.prod(a) != np.prod(b) or (len(a) == len(b) and a != b)
+                                         for a, b in zip(want, have)):
+            raise TrainingError(f"{caffemodel} does not fit {prototxt}: layer {name!r} has blobs "
+                                f"{have} in the caffemodel but {want} in the net")
+    if not shared:
+        raise TrainingError(f"{caffemodel} shares no layer name with {prototxt}: wrong model?")
+    return shared
+
+
+def init_weights(prototxt: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
+                 msra_mode: str = "fan_out", orthogonal_pattern: str = "*/dim_red/conv",
+                 source: str | os.PathLike | None = None,
+                 log: Callable[[str], None] = print) -> TransferReport | None:
+    """Write the initial caffemodel of ``prototxt`` (paper V.ii): orthogonal squeezing 1x1
+    convolutions, MSRA for every other convolution, the prototxt's fillers for the rest; with
+    ``source``, then copy every layer whose name and shapes match from that caffemodel (a backbone
+    trained elsewhere) and return the report."""
+    import caffe
+
+    for p in (prototxt, source):
+        if p is not None and not Path(p).is_file():
+            raise TrainingError(f"{p}: no such file")
+    net = caffe.Net(str(prototxt), caffe.TEST)
+    rng = np.random.default_rng(seed)
+    n_orth = n_msra = 0
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type != "Convolution" or not len(layer.blobs):
+            continue
+        w = layer.blobs[0].data
+        if fnmatch.fnmatch(name, orthogonal_pattern):
+            w[...] = orthogonal(w.shape, rng)
+            n_orth += 1
+        else:
+            group = max(1, net.blobs[net.bottom_names[name][0]].data.shape[1] // w.shape[1])
+            w[...] = msra(w.shape, rng, group=group, mode=msra_mode)
+            n_msra += 1
+    for layer in net.layers:
+        # Caffe leaves BatchNorm's statistics at zero, scale factor included, which the TEST
+        # phase turns into x / sqrt(eps). Identity statistics (mean 0, variance 1, factor 1) make
+        # the initial caffemodel a usable net; training replaces them within a few hundred
+        # iterations (moving average 0.999, the prior keeps weight 0.999^n / (1 + sum)).
+        if layer.type == "BatchNorm":
+            layer.blobs[0].data[...] = 0
+            layer.blobs[1].data[...] = 1
+            layer.blobs[2].data[...] = 1
+    log(f"init_weights: {n_orth} orthogonal, {n_msra} MSRA ({msra_mode}) convolutions")
+    report = None
+    if source is not None:
+        target = {name: [b.data for b in blobs] for name, blobs in net.params.items()}
+        report = copy_by_name(target, read_caffemodel(source))
+        log(f"init_weights: from {source}: " + report.summary())
+        if not report.copied:
+            raise TrainingError(f"{source} shares no layer with {prototxt}")
+    with atomic_path(out) as tmp:
+        net.save(str(tmp))
+    return report
+
+
+def calibrate_batchnorm(deploy: str | os.PathLike, weights: str | os.PathLike,
+                        image_paths: list[str], out: str | os.PathLike, batch_size: int = 32,
+                        batches: int = 10, seed: int = 0) -> None:
+    """Give an untrained net real BatchNorm statistics (an initial caffemodel has zeros, which
+    Caffe's TEST phase turns into a division by sqrt(eps)): run ``batches`` batches of random
+    training images through the net in the TRAIN phase, where Caffe's BatchNorm accumulates its
+    statistics, and save. The weights themselves are unchanged: this is still the untrained
+    network, measured fairly."""
+    import caffe
+
+    from rmnet.images import load_blob
+
+    net = caffe.Net(str(deploy), caffe.TRAIN, weights=str(weights))
+    for layer in net.layers:
+        if layer.type == "BatchNorm":
+            for blob in layer.blobs:
+                blob.data[...] = 0
+    _, _, h, w = net.blobs["data"].data.shape
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(image_paths))
+    for i in range(batches):
+        pick = [image_paths[j] for j in order[(i * batch_size) % len(order):][:batch_size]]
+        blob = load_blob(pick, h, w)
+        net.blobs["data"].reshape(*blob.shape)
+        net.blobs["data"].data[...] = blob
+        net.forward()
+    with atomic_path(out) as tmp:
+        net.save(str(tmp))
+
+
+# --- a run folder for a dataset -------------------------------------------------------------
+
+def scaled_schedule(iters: int, base: dict) -> dict:
+    """The paper's schedule squeezed into ``iters`` iterations (lr steps at 1/3 and 2/3, dropout
+    switched off at 2/3), snapshots and tests at sensible intervals."""
+    step = max(1, iters // 3)
+    return {
+        "solver": {"max_iter": iters, "stepsize": step,
+                   "snapshot": max(1, min(base["snapshot"], iters // 2)),
+                   "test_interval": max(1, min(base["test_interval"], iters)),
+                   "display": max(1, min(base["display"], iters // 20 or 1)),
+                   "average_loss": max(1, min(base["average_loss"], iters // 20 or 1))},
+        "dropout": {"switch_off_iter": min(iters, 2 * step)},
+    }
+
+
+def prepare_run(variant: str, data: Path, run_dir: Path, iters: int | None,
+                batch_size: int | None = None, extra: dict | None = None,
+                log: Callable[[str], None] = print) -> dict:
+    """Render the variant for ``data`` into ``run_dir``; returns write_run's paths."""
+    from generator import load_variant, write_run
+    from rmnet.market import load_market
+
+    ds = load_market(data)
+    overrides: dict = {"num_classes": ds.num_train_ids, "data": {"root": str(data.resolve())}}
+    if batch_size:
+        overrides["data"]["batch_size"] = batch_size
+    if iters:
+        cfg = load_variant(variant).config
+        for key, value in scaled_schedule(iters, cfg["solver"]).items():
+            overrides.setdefault(key, {}).update(value)
+        if not cfg["dropout"]["switch_off_iter"]:
+            overrides["dropout"].pop("switch_off_iter")      # rows that never switch it off
+        sm = cfg["losses"]["smart_margins"]
+        if sm:   # the margin ramp keeps its share of the schedule
+            ramp = max(1, round(sm["ramp_iters"] * iters / cfg["solver"]["max_iter"]))
+            overrides["losses"] = {"smart_margins": dict(sm, ramp_iters=ramp)}
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict):
+            overrides.setdefault(key, {}).update(value)
+        else:
+            overrides[key] = value
+    log(ds.summary())
+    return write_run(variant, run_dir, overrides)
+
+
+# --- checks before `caffe train` ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SolverInfo:
+    path: Path
+    train_net: Path
+    test_nets: list[Path]
+    max_iter: int
+    snapshot_prefix: str
+    data_roots: list[str]
+
+
+def inspect_solver(solver: str | os.PathLike, cwd: str | os.PathLike = ".") -> SolverInfo:
+    """Parse a solver and its nets, resolving paths as `caffe train` run in ``cwd`` would;
+    TrainingError for a missing solver or net, or a dataset folder that is not Market-1501."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    from rmnet.market import DatasetError, load_market
+
+    cwd = Path(cwd)
+    path = Path(solver)
+    full = path if path.is_absolute() else cwd / path
+    if not full.is_file():
+        raise TrainingError(f"{solver}: no such solver file (paths are relative to {cwd.resolve()})")
+    s = caffe_pb2.SolverParameter()
+    try:
+        text_format.Parse(full.read_text(), s)
+    except text_format.ParseError as e:
+        raise TrainingError(f"{solver}: not a Caffe solver: {e}") from None
+
+    def resolve(p: str, what: str) -> Path:
+        q = Path(p) if Path(p).is_absolute() else cwd / p
+        if not q.is_file():
+            raise TrainingError(f"{solver}: its {what} {p} does not exist (paths resolve from "
+                                f"{cwd.resolve()}, where caffe train runs)")
+        return q
+
+    if not s.net:
+        raise TrainingError(f"{solver}: no 'net' (this project's solvers name train and test nets)")
+    train = resolve(s.net, "net")
+    tests = [resolve(t, "test_net") for t in s.test_net]
+    roots = []
+    for net_path in [train, *tests]:
+        net = text_format.Parse(net_path.read_text(), caffe_pb2.NetParameter())
+        for layer in net.layer:
+            if layer.type == "Python" and layer.python_param.layer == "MarketDataLayer":
+                root = json.loads(layer.python_param.param_str)["root"]
+                root_path = Path(root) if Path(root).is_absolute() else cwd / root
+                if root not in roots:
+                    try:
+                        load_market(root_path)
+                    except DatasetError as e:
+                        raise TrainingError(f"{net_path}: data layer: {e}") from None
+                    roots.append(root)
+    prefix = s.snapshot_prefix
+    if prefix:
+        folder = (Path(prefix) if Path(prefix).is_absolute() else cwd / prefix).parent
+        if not folder.is_dir():
+            raise TrainingError(f"{solver}: snapshot folder {folder} does not exist "
+                                f"(Caffe would refuse to start)")
+    return SolverInfo(full, train, tests, int(s.max_iter), prefix, roots)
+
+
+# --- running `caffe train` ----------------------------------------------------------------
+
+_ITER = re.compile(r"\] Iteration (\d+)")
+_LOSS = re.compile(r"\] Iteration (\d+).*, loss = (\S+)")
+_LR = re.compile(r"\] Iteration (\d+), lr = (\S+)")
+_PY_ERROR = re.compile(r"^(\w+(?:Error|Exception)): (.*)$")
+_FATAL = re.compile(r"^F\d{8} .*\] (.*)$")
+
+
+def caffe_binary() -> str:
+    """The venv's `caffe` wrapper (it sets up the paths Python layers need)."""
+    for candidate in (Path(sys.executable).parent / "caffe", REPO / ".venv" / "bin" / "caffe"):
+        if candidate.is_file():
+            return str(candidate)
+    raise TrainingError("no caffe binary next to this Python or in .venv/bin: run `make setup`")
+
+
+def run_caffe_train(solver: str | os.PathLike, log_path: str | os.PathLike,
+                    weights: str | None = None, snapshot: str | None = None,
+                    cwd: str | os.PathLike = ".", max_iter: int | None = None,
+                    echo: Callable[[str], None] = print, every: float = 10.0) -> None:
+    """Run `caffe train`, write its whole log to ``log_path`` and echo a progress line at most
+    every ``every`` seconds (iteration/max, smoothed loss, lr, s/iter, ETA). A non-zero exit
+    raises TrainingError with the last iteration reached and the error Caffe or a Python layer
+    printed (e.g. the loss layer that saw a NaN)."""
+    cmd = [caffe_binary(), "train", "-solver", str(solver)]
+    if weights:
+        cmd += ["-weights", str(weights)]
+    if snapshot:
+        cmd += ["-snapshot", str(snapshot)]
+    env = dict(os.environ)
+    env.setdefault("GLOG_logtostderr", "1")
+    env["GLOG_minloglevel"] = "0"       # the solver's INFO lines carry the iterations and losses
+    start = time.monotonic()
+    last_echo = 0.0
+    first_iter: int | None = None
+    iteration, loss, lr = 0, float("nan"), float("nan")
+    errors: list[str] = []
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        proc = subprocess.Popen(cmd, cwd=str(cwd), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if m := _LOSS.search(line):
+                iteration, loss = int(m.group(1)), float(m.group(2)) if m.group(2) not in ("nan", "-nan") else float("nan")
+            elif m := _LR.search(line):
+                iteration, lr = int(m.group(1)), float(m.group(2))
+            elif m := _ITER.search(line):
+                iteration = int(m.group(1))
+            else:
+                stripped = line.strip()
+                if _PY_ERROR.match(stripped) or _FATAL.match(stripped):
+                    errors.append(stripped)
+            if first_iter is None and ("Iteration" in line and _ITER.search(line)):
+                first_iter = iteration
+                start = time.monotonic()
+            now = time.monotonic()
+            if now - last_echo >= every and first_iter is not None and iteration > first_iter:
+                last_echo = now
+                per = (now - start) / (iteration - first_iter)
+                total = f"/{max_iter}" if max_iter else ""
+                eta = (f", ETA {((max_iter - iteration) * per) / 60:.1f} min"
+                       if max_iter else "")
+                echo(f"  iteration {iteration}{total}  loss {loss:.4g}  lr {lr:.3g}  "
+                     f"{per:.2f} s/iter{eta}")
+        code = proc.wait()
+    if code != 0:
+        cause = errors[-1] if errors else f"caffe exited with code {code}"
+        if cause.startswith("F") and (m := _FATAL.match(cause)):
+            cause = m.group(1)
+        raise TrainingError(f"training stopped at iteration {iteration}: {cause} "
+                            f"(full log: {log_path})")
+
+
+def final_snapshot(prefix: str | os.PathLike, max_iter: int) -> Path:
+    """The caffemodel Caffe writes at the end of training."""
+    return Path(f"{prefix}_iter_{max_iter}.caffemodel")
+
+
+def snapshots(prefix: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(iteration, .solverstate) pairs of a snapshot prefix, oldest first."""
+    prefix = Path(prefix)
+    found = []
+    for p in prefix.parent.glob(prefix.name + "_iter_*.solverstate"):
+        m = re.search(r"_iter_(\d+)\.solverstate$", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def train_images(root: str | os.PathLike) -> list[str]:
+    from rmnet.market import load_market
+
+    return [str(r.path) for r in load_market(root).train]
+
+
