@@ -3,7 +3,7 @@
 The paper uses dropout (ratio 0.1) in every RM-block to use the whole capacity of the small net,
 and disables it "on the late iterations (when the learning rate is small enough)". Caffe's own
 Dropout layer cannot change during a run, so the train nets use this Python layer instead:
-inverted dropout (scale kept units by 1/(1-ratio)) until ``switch_off_iter``, identity from then
+inverted dropout (scale kept units by 1/P(keep)) until ``switch_off_iter``, identity from then
 on, and identity in the TEST phase.
 
 The layer counts its own TRAIN forward passes in a one-value parameter blob (``lr_mult: 0``), so
@@ -24,12 +24,32 @@ except ImportError:  # pragma: no cover - layers are only instantiated by Caffe
     caffe = None
 
 
-def dropout_mask(shape: tuple[int, ...], ratio: float, seed: int) -> np.ndarray:
-    """Float32 mask: 0 for dropped units, 1/(1-ratio) for kept ones (inverted dropout)."""
+def keep_threshold(ratio: float) -> int:
+    """A unit is kept when its random uint16 is >= this (ratio quantised to 1/65536)."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"dropout ratio must be in [0, 1), got {ratio}")
-    keep = np.random.default_rng(seed).random(shape, dtype=np.float32) >= ratio
-    return keep.astype(np.float32) * np.float32(1.0 / (1.0 - ratio))
+    return int(round(ratio * 65536))
+
+
+def keep_scale(ratio: float) -> np.float32:
+    """1 / P(keep) for the quantised ratio: the expectation of the output equals the input."""
+    return np.float32(65536.0 / (65536 - keep_threshold(ratio)))
+
+
+def dropout_mask(shape: tuple[int, ...], ratio: float, seed: int,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """Float32 mask: 0 for dropped units, 1/P(keep) for kept ones (inverted dropout).
+
+    Random uint16s from raw generator bytes, compared with ``keep_threshold``: about twice as
+    fast as drawing floats, which matters for 36 layers of a training step.
+    """
+    thr = keep_threshold(ratio)
+    n = int(np.prod(shape))
+    keep = np.frombuffer(np.random.default_rng(seed).bytes(2 * n), dtype=np.uint16) >= thr
+    if out is None:
+        out = np.empty(shape, np.float32)
+    np.multiply(keep.reshape(shape), keep_scale(ratio), out=out)
+    return out
 
 
 def is_active(iteration: int, switch_off_iter: int | None) -> bool:
@@ -73,7 +93,8 @@ if caffe is not None:
             if len(self.blobs) == 0:
                 self.blobs.add_blob(1)
                 self.blobs[0].data[...] = 0
-            self.mask = None
+            self.mask: np.ndarray | None = None    # reused buffer: no allocation per step
+            self.active = False
 
         def reshape(self, bottom, top):
             top[0].reshape(*bottom[0].data.shape)
@@ -84,20 +105,27 @@ if caffe is not None:
 
         def forward(self, bottom, top):
             train = self.phase == caffe.TRAIN
+            x, y = bottom[0].data, top[0].data
             if train and is_active(self.iteration, self.cfg.switch_off_iter) and self.cfg.ratio > 0:
-                self.mask = dropout_mask(bottom[0].data.shape, self.cfg.ratio,
-                                         mask_seed(self.cfg.seed, int(self.blobs[0].data.flat[0])))
-                top[0].data[...] = bottom[0].data * self.mask
+                if self.mask is None or self.mask.shape != x.shape:
+                    self.mask = np.empty(x.shape, np.float32)
+                dropout_mask(x.shape, self.cfg.ratio,
+                             mask_seed(self.cfg.seed, int(self.blobs[0].data.flat[0])),
+                             out=self.mask)
+                np.multiply(x, self.mask, out=y)
+                self.active = True
             else:
-                self.mask = None
-                top[0].data[...] = bottom[0].data
+                self.active = False
+                if not np.shares_memory(x, y):      # in place (as generated): nothing to do
+                    y[...] = x
             if train:
                 self.blobs[0].data.flat[0] += 1
 
         def backward(self, top, propagate_down, bottom):
             if not propagate_down[0]:
                 return
-            if self.mask is None:
-                bottom[0].diff[...] = top[0].diff
-            else:
-                bottom[0].diff[...] = top[0].diff * self.mask
+            dy, dx = top[0].diff, bottom[0].diff
+            if self.active:
+                np.multiply(dy, self.mask, out=dx)
+            elif not np.shares_memory(dy, dx):
+                dx[...] = dy

@@ -54,17 +54,23 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def net_param_shapes(prototxt: str | os.PathLike, phase: str = "TEST") -> dict[str, list[tuple]]:
-    """{layer: [blob shapes]} of a net, from Caffe itself. A Market-1501 data layer is swapped
-    for an Input layer of the same tops first, so no dataset is read and no worker started."""
-    import tempfile
-
-    import caffe
+def without_data_layer(prototxt, drop_feedback: bool = False):
+    """The net (a prototxt path or a NetParameter, copied) with its Market-1501 data layer swapped
+    for an Input layer of the same tops and shapes: the net instantiates without a dataset or
+    worker processes. ``drop_feedback`` also removes the hard-sample-mining feedback layer,
+    which needs the data layer."""
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
 
     net_param = caffe_pb2.NetParameter()
-    text_format.Parse(Path(prototxt).read_text(), net_param)
+    if isinstance(prototxt, caffe_pb2.NetParameter):
+        net_param.CopyFrom(prototxt)
+    else:
+        text_format.Parse(Path(prototxt).read_text(), net_param)
+    if drop_feedback:
+        keep = [l for l in net_param.layer if l.python_param.layer != "HardSampleFeedbackLayer"]
+        del net_param.layer[:]
+        net_param.layer.extend(keep)
     for layer in net_param.layer:
         if layer.type == "Python" and layer.python_param.layer == "MarketDataLayer":
             cfg = json.loads(layer.python_param.param_str)
@@ -73,13 +79,30 @@ def net_param_shapes(prototxt: str | os.PathLike, phase: str = "TEST") -> dict[s
             layer.Clear()
             layer.name, layer.type = "data", "Input"
             layer.top.extend(tops)
-            shapes = [(n, 3, cfg.get("height", 160), cfg.get("width", 64))] + [(n,)] * (len(tops) - 1)
-            for shape in shapes:
+            shapes = [(n, 3, cfg.get("height", 160), cfg.get("width", 64))]
+            for shape in shapes + [(n,)] * (len(tops) - 1):
                 layer.input_param.shape.add().dim.extend(shape)
+    return net_param
+
+
+def load_net(net_param, phase: str = "TEST", weights: str | None = None):
+    """caffe.Net from a NetParameter (written to a temporary file, which Caffe needs)."""
+    import tempfile
+
+    import caffe
+    from google.protobuf import text_format
+
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
         f.write(text_format.MessageToString(net_param))
         f.flush()
-        net = caffe.Net(f.name, getattr(caffe, phase))
+        if weights:
+            return caffe.Net(f.name, getattr(caffe, phase), weights=str(weights))
+        return caffe.Net(f.name, getattr(caffe, phase))
+
+
+def net_param_shapes(prototxt: str | os.PathLike, phase: str = "TEST") -> dict[str, list[tuple]]:
+    """{layer: [blob shapes]} of a net, from Caffe itself, without reading its dataset."""
+    net = load_net(without_data_layer(prototxt), phase)
     return {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
 
 
@@ -334,7 +357,7 @@ def run_caffe_train(solver: str | os.PathLike, log_path: str | os.PathLike,
     errors: list[str] = []
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
+    with open(log_path, "w", buffering=1) as log:     # line-buffered: users tail it
         log.write("$ " + " ".join(cmd) + "\n")
         proc = subprocess.Popen(cmd, cwd=str(cwd), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace")

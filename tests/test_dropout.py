@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layers.dropout import dropout_mask, is_active, mask_seed
+from layers.dropout import dropout_mask, is_active, keep_scale, mask_seed
 
 
 def test_mask_is_inverted_dropout_at_the_right_ratio():
+    assert keep_scale(0.1) == np.float32(65536 / (65536 - 6554))     # ratio 0.1 -> 6554/65536
+    assert abs(keep_scale(0.1) - 1 / 0.9) < 2e-5
     m = dropout_mask((200, 500), 0.1, seed=1)
-    assert set(np.unique(m)) == {0.0, np.float32(1 / 0.9)}
+    assert set(np.unique(m)) == {0.0, keep_scale(0.1)}
     assert (m == 0).mean() == pytest.approx(0.1, abs=0.005)
     assert m.mean() == pytest.approx(1.0, abs=0.01)               # expectation preserved
     np.testing.assert_array_equal(m, dropout_mask((200, 500), 0.1, seed=1))

@@ -4,6 +4,7 @@
     .venv/bin/python tools/bench_layers.py --repeats 10 --rmnet-repeats 1
     .venv/bin/python tools/bench_layers.py --no-rmnet          # the loss layers only
     .venv/bin/python tools/bench_layers.py --data-only         # the data layer's images/s
+    .venv/bin/python tools/bench_layers.py --dropout-cost --rmnet-repeats 5   # dropout switch cost
 
 Target: the two loss layers (AM-Softmax + local structure, forward + backward) take < 5% of the
 RMNet 160x64 forward + backward at the same batch size.
@@ -27,6 +28,10 @@ threads OpenBLAS chooses. Numbers only: nothing is asserted.
   temporary folder (``--data-root`` for a real one). The feedback's per-sample "losses" come from a
   Power layer on the labels: the miner's work does not depend on the values. Target: >= 1,000
   images/s on this 2-core machine, so a GPU would not wait on it.
+- Dropout switch-off cost (``--dropout-cost``): a full training step (forward + backward, losses
+  included, data from an Input layer) of the light train net with the 36 scheduled Python
+  dropout layers, against the same net with Caffe's own Dropout layer (``switch_off_iter:
+  null``), at ``--dropout-batch`` (default 32); medians of ``--rmnet-repeats``.
 """
 from __future__ import annotations
 
@@ -225,6 +230,44 @@ def bench_data(caffe, args) -> float:
     return rate
 
 
+def bench_dropout_cost(caffe, args) -> tuple[float, float]:
+    """(Caffe Dropout, scheduled Python dropout) ms per training step of the light train net.
+
+    The two nets' steps alternate (A B A B ...), so load from other processes hits both alike."""
+    from generator import render
+    from rmnet.training import load_net, without_data_layer
+
+    rng = np.random.default_rng(0)
+    nets = {}
+    for label, dropout in (("Caffe Dropout", {"switch_off_iter": None}),
+                           ("scheduled Python dropout", {"switch_off_iter": 100000})):
+        net_param = render("light", "train", overrides={
+            "dropout": dropout, "data": {"batch_size": args.dropout_batch}}).net
+        net = load_net(without_data_layer(net_param, drop_feedback=True), "TRAIN")
+        n = args.dropout_batch
+        net.blobs["data"].data[...] = rng.uniform(0, 255, net.blobs["data"].data.shape)
+        net.blobs["label"].data[...] = np.repeat(np.arange(n // 4 + 1), 4)[:n]
+        net.blobs["sample_weight"].data[...] = 1
+        net.blobs["sample_id"].data[...] = np.arange(n)
+        net.forward()          # warm-up
+        net.backward()
+        nets[label] = net
+    times: dict[str, list[float]] = {label: [] for label in nets}
+    for _ in range(args.rmnet_repeats):
+        for label, net in nets.items():
+            t0 = time.perf_counter()
+            net.forward()
+            net.backward()
+            times[label].append(time.perf_counter() - t0)
+    med = {label: statistics.median(t) for label, t in times.items()}
+    for label, t in med.items():
+        print(f"  {label:26s} {t * 1e3:10.1f} ms per step (batch {args.dropout_batch}, "
+              f"median of {args.rmnet_repeats}, alternating)")
+    base, sched = med["Caffe Dropout"], med["scheduled Python dropout"]
+    print(f"dropout switch-off cost: {100 * (sched - base) / base:+.1f}% per training step")
+    return base, sched
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -237,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", type=Path, default=REPO / "prototxt/light/train.prototxt")
     ap.add_argument("--deploy", type=Path, default=REPO / "prototxt/light/deploy.prototxt")
     ap.add_argument("--no-rmnet", action="store_true", help="time the loss layers only")
+    ap.add_argument("--dropout-cost", action="store_true",
+                    help="only: the scheduled dropout's cost per training step")
+    ap.add_argument("--dropout-batch", type=int, default=32)
     ap.add_argument("--data", action="store_true", help="also the data layer's images/s")
     ap.add_argument("--data-only", action="store_true", help="the data layer's images/s only")
     ap.add_argument("--data-root", type=Path, help="Market-1501-layout folder "
@@ -255,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     caffe.set_mode_cpu()
     if args.data_only:
         bench_data(caffe, args)
+        return 0
+    if args.dropout_cost:
+        bench_dropout_cost(caffe, args)
         return 0
     if args.data:
         bench_data(caffe, args)
