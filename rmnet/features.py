@@ -34,7 +34,6 @@ only when they all match). ``read_features`` checks the whole layout and raises
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rmnet.caffemodel import WeightsError, check_fit, sha256_file  # noqa: F401 (re-exported)
 from rmnet.images import ImageError, load_bgr, resize_to, to_blob
 from rmnet.io import atomic_path
 from rmnet.metrics import l2_normalize
@@ -52,24 +52,11 @@ GROUPS = ("query", "gallery")
 DATASETS = ("features", "pids", "camids", "paths")
 
 
-class WeightsError(ValueError):
-    """A caffemodel that cannot be loaded into the net of a prototxt."""
-
-
 class FeaturesFileError(ValueError):
     """A features HDF5 file that does not have the documented layout."""
 
 
 # --- the net ------------------------------------------------------------------------------------
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (to tell whether a features cache is stale)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def parse_prototxt(path: str | os.PathLike):
     """The prototxt as a ``caffe_pb2.NetParameter``; ``ValueError`` naming the file if it does
@@ -85,60 +72,11 @@ def parse_prototxt(path: str | os.PathLike):
     return net
 
 
-BlobInfo = tuple[tuple[int, ...], bool, int]   # (shape, stored in the legacy 4-D form, values)
-
-
-def caffemodel_shapes(path: str | os.PathLike) -> dict[str, list[BlobInfo]]:
-    """Layer name -> [(shape, legacy, value count)] of every parameter blob in a caffemodel."""
-    from caffe.proto import caffe_pb2
-
-    net = caffe_pb2.NetParameter()
-    try:
-        net.ParseFromString(Path(path).read_bytes())
-    except Exception as e:   # protobuf's DecodeError, or a message type mismatch
-        raise WeightsError(f"{path}: not a caffemodel (binary NetParameter): {e}") from None
-    out = {}
-    for layer in list(net.layer) + list(net.layers):
-        if not layer.blobs:
-            continue
-        blobs = []
-        for b in layer.blobs:
-            if b.shape.dim:
-                shape, legacy = tuple(int(x) for x in b.shape.dim), False
-            else:
-                shape, legacy = (b.num, b.channels, b.height, b.width), True
-            blobs.append((shape, legacy, max(len(b.data), len(b.double_data))))
-        out[layer.name] = blobs
-    if not out:
-        raise WeightsError(f"{path}: the file holds no layer with weights (not a trained "
-                           f"caffemodel?)")
-    return out
-
-
 def check_weights(net, prototxt: str | os.PathLike, weights: str | os.PathLike) -> None:
     """Raise ``WeightsError`` unless every parameter blob of ``net`` is in the caffemodel with
     the same shape (what ``net.copy_from`` needs to load all weights without aborting)."""
-    have = caffemodel_shapes(weights)
-    problems = []
-    for name, blobs in net.params.items():
-        if name not in have:
-            problems.append(f"layer {name!r} is missing")
-            continue
-        src = have[name]
-        if len(src) != len(blobs):
-            problems.append(f"layer {name!r} has {len(src)} blobs, the net {len(blobs)}")
-            continue
-        for i, (blob, (shape, legacy, count)) in enumerate(zip(blobs, src)):
-            want = tuple(blob.data.shape)
-            ok = shape == want or (legacy and shape == (1,) * (4 - len(want)) + want)
-            if not ok:
-                problems.append(f"layer {name!r} blob {i} has shape {shape}, the net {want}")
-            elif count != int(np.prod(want)):
-                problems.append(f"layer {name!r} blob {i} holds {count} values for shape {want}")
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise WeightsError(f"{weights} does not match {prototxt}: " + "; ".join(problems[:5])
-                           + more)
+    params = {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
+    check_fit(params, prototxt, weights, require_all=True)
 
 
 def load_net(prototxt: str | os.PathLike, weights: str | os.PathLike):

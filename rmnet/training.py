@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from rmnet.caffemodel import WeightsError, check_fit, read_caffemodel  # noqa: F401
 from rmnet.io import atomic_path
 from rmnet.weights import TransferReport, copy_by_name, msra, orthogonal
 
@@ -31,28 +32,6 @@ class TrainingError(RuntimeError):
 
 
 # --- caffemodels ------------------------------------------------------------------------------
-
-def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
-    """Every layer's blobs in a caffemodel, read with Caffe's schema (no prototxt needed)."""
-    from caffe.proto import caffe_pb2
-
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"{path}: no such caffemodel")
-    net = caffe_pb2.NetParameter()
-    try:
-        net.ParseFromString(path.read_bytes())
-    except Exception as e:
-        raise TrainingError(f"{path}: not a caffemodel ({e})") from None
-    out = {}
-    for layer in list(net.layer) + list(net.layers):
-        if layer.blobs:
-            out[layer.name] = [
-                np.asarray(b.data, np.float32).reshape(
-                    tuple(b.shape.dim) if b.shape.dim else (b.num, b.channels, b.height, b.width))
-                for b in layer.blobs]
-    return out
-
 
 def without_data_layer(prototxt, drop_feedback: bool = False):
     """The net (a prototxt path or a NetParameter, copied) with its Market-1501 data layer swapped
@@ -107,25 +86,17 @@ def net_param_shapes(prototxt: str | os.PathLike, phase: str = "TEST") -> dict[s
 
 
 def check_weights_fit(prototxt: str | os.PathLike, caffemodel: str | os.PathLike,
-                      phase: str = "TEST") -> list[str]:
+                      phase: str = "TEST") -> None:
     """Refuse a caffemodel whose layers do not fit the net (Caffe would abort mid-run).
 
-    Every layer both have must agree in blob count and shapes; at least one layer must be
+    Every layer both have must agree in blob count and shapes, and at least one layer must be
     shared. Layers only the net has (losses, dropout counters) are fine: Caffe keeps their
-    initialisation. Returns the shared layer names; raises TrainingError naming both files.
+    initialisation. TrainingError naming both files and the layer.
     """
-    source = read_caffemodel(caffemodel)
-    target = net_param_shapes(prototxt, phase)
-    shared = [n for n in target if n in source]
-    for name in shared:
-        want, have = target[name], [tuple(b.shape) for b in source[name]]
-        if len(want) != len(have) or any(np.prod(a) != np.prod(b) or (len(a) == len(b) and a != b)
-                                         for a, b in zip(want, have)):
-            raise TrainingError(f"{caffemodel} does not fit {prototxt}: layer {name!r} has blobs "
-                                f"{have} in the caffemodel but {want} in the net")
-    if not shared:
-        raise TrainingError(f"{caffemodel} shares no layer name with {prototxt}: wrong model?")
-    return shared
+    try:
+        check_fit(net_param_shapes(prototxt, phase), prototxt, caffemodel, require_all=False)
+    except WeightsError as e:
+        raise TrainingError(str(e)) from None
 
 
 def init_weights(prototxt: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
@@ -168,7 +139,10 @@ def init_weights(prototxt: str | os.PathLike, out: str | os.PathLike, seed: int 
     report = None
     if source is not None:
         target = {name: [b.data for b in blobs] for name, blobs in net.params.items()}
-        report = copy_by_name(target, read_caffemodel(source))
+        try:
+            report = copy_by_name(target, read_caffemodel(source))
+        except WeightsError as e:
+            raise TrainingError(str(e)) from None
         log(f"init_weights: from {source}: " + report.summary())
         if not report.copied:
             raise TrainingError(f"{source} shares no layer with {prototxt}")

@@ -134,7 +134,7 @@ def test_mismatched_caffemodel_is_refused_naming_the_layer(caffe, dataset, tmp_p
     other = prepare_run("light", dataset, tmp_path / "other", 3, batch_size=12,
                         extra={"backbone": {"embedding_size": 128}, **TINY}, log=lambda m: None)
     init_weights(other["deploy"], tmp_path / "other.caffemodel", log=lambda m: None)
-    with pytest.raises(TrainingError, match=r"does not fit .*layer 'head/embedding/conv'"):
+    with pytest.raises(TrainingError, match=r"does not match .*layer 'head/embedding/conv'"):
         check_weights_fit(paths["train"], tmp_path / "other.caffemodel", phase="TRAIN")
     r = run_tool("--data", str(dataset), "--run-dir", str(tmp_path / "run2"), "--iters", "3",
                  "--batch-size", "12", "--weights", str(tmp_path / "other.caffemodel"))
