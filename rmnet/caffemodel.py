@@ -62,9 +62,13 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     out = {}
     for layer in _parse(path):
         arrays = []
-        for b in layer.blobs:
-            values = b.data if len(b.data) else b.double_data
-            arrays.append(np.asarray(values, np.float32).reshape(_shape(b)[0]))
+        for i, b in enumerate(layer.blobs):
+            values = np.asarray(b.data if len(b.data) else b.double_data, np.float32)
+            shape = _shape(b)[0]
+            if values.size != int(np.prod(shape)):
+                raise WeightsError(f"{path}: layer {layer.name!r} blob {i} holds {values.size} "
+                                   f"values but its shape is {shape}")
+            arrays.append(values.reshape(shape))
         out[layer.name] = arrays
     return out
 
