@@ -149,7 +149,7 @@ def _batches(paths: Sequence, batch: int, height: int, width: int, max_aspect_ch
             yield start, data
 
 
-def _forward(net, in_name: str, out_name: str, data: np.ndarray) -> np.ndarray:
+def _caffe_forward(net, in_name: str, out_name: str, data: np.ndarray) -> np.ndarray:
     blob = net.blobs[in_name]
     if blob.data.shape != data.shape:
         blob.reshape(*data.shape)
@@ -171,8 +171,19 @@ def extract(net, paths: Sequence[str | os.PathLike], batch: int = 32, flip: bool
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     paths = list(paths)
-    in_name, height, width = input_size(net)
-    out_name = output_blob(net, blob)
+    if hasattr(net, "backend"):       # an rmnet.embed.Embedder: ONNX Runtime, OpenVINO, ...
+        if blob:
+            raise ValueError("blob applies to pycaffe nets only")
+        height, width = net.input_size
+        infer = net.backend.infer
+
+        def _forward(_net, _in, _out, data):      # noqa: F811 - the Embedder's forward
+            return np.asarray(infer(data), np.float32).reshape(data.shape[0], -1)
+        in_name = out_name = ""
+    else:
+        in_name, height, width = input_size(net)
+        out_name = output_blob(net, blob)
+        _forward = _caffe_forward
     bar = None
     if progress is True:
         from tqdm import tqdm
@@ -212,9 +223,12 @@ def extract_split_features(prototxt: str | os.PathLike, weights: str | os.PathLi
                            root: str | os.PathLike, *, batch: int = 32, flip: bool = False,
                            blob: str | None = None, max_aspect_change: float = 2.0,
                            progress: bool = True, desc: str = "features",
-                           dataset=None) -> tuple[FeatureSet, FeatureSet]:
+                           dataset=None, runtime: str = "pycaffe") -> tuple[FeatureSet, FeatureSet]:
     """Query and gallery ``FeatureSet``s of a Market-1501-layout ``root`` (paths relative to
     it), extracted with the checked caffemodel (``load_net``) as in ``extract``.
+
+    ``runtime``: ``pycaffe`` (the reference), or any runtime of ``rmnet.embed`` (``auto``:
+    the fastest installed; the model is exported once and checked against pycaffe).
 
     ``dataset``: an already parsed ``rmnet.market.Dataset`` of ``root`` (else it is parsed;
     ``DatasetError`` for a bad root). ``FeatureSet.seconds`` holds each split's wall time.
@@ -226,6 +240,9 @@ def extract_split_features(prototxt: str | os.PathLike, weights: str | os.PathLi
     ds = dataset if dataset is not None else load_market(root)
     caffe.set_mode_cpu()
     net = load_net(prototxt, weights)
+    if runtime != "pycaffe":
+        from rmnet.embed import Embedder
+        net = Embedder.load([prototxt, weights], runtime=runtime)
     out = []
     for split in ("query", "gallery"):
         records = ds.split(split)

@@ -272,3 +272,27 @@ def test_malformed_features_files(work):
     code, _, stderr = run_tool("--features", noth5)
     assert code == 2 and f"{noth5}: not an HDF5 file" in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_fast_runtime_gives_the_same_features_as_pycaffe(work, data):
+    """--runtime auto (OpenVINO here, through an export checked against pycaffe): same
+    descriptors within 1e-4, same ranking metrics, and the cache records which runtime.
+    (Weights from rmnet.export.random_caffemodel: outputs of order 1-10, where an absolute
+    1e-4 is a meaningful tolerance; the module's raw random weights reach hundreds.)"""
+    from rmnet.export import random_caffemodel
+    from rmnet.features import read_features
+
+    weights = random_caffemodel(PROTOTXT, work / "sensible.caffemodel", seed=4)
+    results = {}
+    for runtime in ("pycaffe", "auto"):
+        cache, out = work / f"cache_{runtime}.h5", work / f"{runtime}.json"
+        code, _, stderr = run_tool("--prototxt", PROTOTXT, "--weights", weights, "--data", data,
+                                   "--cache", cache, "--json", out, "--runtime", runtime)
+        assert code == 0, stderr
+        results[runtime] = (read_features(cache), json.loads(out.read_text()))
+    (q_ref, g_ref, _), res_ref = results["pycaffe"]
+    (q, g, attrs), res = results["auto"]
+    assert attrs["runtime"] == "auto"
+    assert np.abs(q.features - q_ref.features).max() < 1e-4
+    assert np.abs(g.features - g_ref.features).max() < 1e-4
+    assert res["mAP"] == pytest.approx(res_ref["mAP"], abs=1e-6)

@@ -52,7 +52,7 @@ from rmnet.metrics import RankResult, compute_distance, evaluate_rank, ranked_ga
 
 PROG = "eval_market"
 # Features-file attributes that must match for a cache to be reused.
-CACHE_KEYS = ("prototxt_sha256", "weights_sha256", "flip", "blob")
+CACHE_KEYS = ("prototxt_sha256", "weights_sha256", "flip", "blob", "runtime")
 
 
 class UsageError(ValueError):
@@ -94,7 +94,7 @@ def extract_dataset(args) -> tuple[FeatureSet, FeatureSet, dict]:
     log(ds.summary())
     want = {"prototxt_sha256": sha256_file(args.prototxt),
             "weights_sha256": sha256_file(args.weights),
-            "flip": int(args.flip), "blob": args.blob or ""}
+            "flip": int(args.flip), "blob": args.blob or "", "runtime": args.runtime}
     if args.cache and args.cache.exists():
         try:
             q, g, attrs = read_features(args.cache)
@@ -108,7 +108,8 @@ def extract_dataset(args) -> tuple[FeatureSet, FeatureSet, dict]:
 
     q, g = extract_split_features(
         args.prototxt, args.weights, ds.root, batch=args.batch, flip=args.flip, blob=args.blob,
-        max_aspect_change=args.max_aspect_change, progress=not args.no_progress, dataset=ds)
+        max_aspect_change=args.max_aspect_change, progress=not args.no_progress, dataset=ds,
+        runtime=args.runtime)
     total_images, total_time = len(q) + len(g), q.seconds + g.seconds
     rate = total_images / max(total_time, 1e-9)
     log(f"feature extraction: {total_images} images in {total_time:.1f} s, {rate:.1f} images/s"
@@ -237,6 +238,10 @@ def parse_args(argv: list[str] | None):
     src.add_argument("--cache", type=Path, help="features HDF5 to reuse or write")
     src.add_argument("--blob", help="output blob (default: the net's last output)")
     src.add_argument("--batch", type=int, default=32)
+    src.add_argument("--runtime", default="pycaffe",
+                     choices=("pycaffe", "auto", "openvino", "onnxruntime", "opencv"),
+                     help="feature extraction runtime (default pycaffe, the reference; auto: the "
+                          "fastest installed, via an export checked against pycaffe)")
     src.add_argument("--flip", action="store_true",
                      help="add the mirrored image's descriptor (concatenate, re-normalise)")
     src.add_argument("--max-aspect-change", type=float, default=2.0,
