@@ -76,15 +76,19 @@ def calibration_blob(records, n: int, hw: tuple[int, int]) -> np.ndarray:
     return load_blob([records[i].path for i in picks], *hw)
 
 
-def quantize(fp32_path: Path, calib: np.ndarray, preset: str):
-    """The NNCF-quantized ``openvino.Model`` (static batch 1, as calibrated)."""
+def quantize(fp32_path: Path, calib: np.ndarray, preset: str, fast_bias: bool = True,
+             keep_fp32: list[str] | None = None):
+    """The NNCF-quantized ``openvino.Model`` (static batch 1, as calibrated); operations whose
+    names match a ``keep_fp32`` regular expression stay in floating point."""
     import nncf
     import openvino as ov
 
     model = ov.Core().read_model(str(fp32_path))
     model.reshape([1, *calib.shape[1:]])
     dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
-    return nncf.quantize(model, dataset, subset_size=len(calib), fast_bias_correction=True,
+    ignored = nncf.IgnoredScope(patterns=list(keep_fp32)) if keep_fp32 else None
+    return nncf.quantize(model, dataset, subset_size=len(calib), fast_bias_correction=fast_bias,
+                         **({"ignored_scope": ignored} if ignored else {}),
                          preset={"mixed": nncf.QuantizationPreset.MIXED,
                                  "performance": nncf.QuantizationPreset.PERFORMANCE}[preset])
 
@@ -138,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", help="output stem (default: the model's or caffemodel's stem)")
     ap.add_argument("--calib", type=int, default=300, help="calibration crops (%(default)s)")
     ap.add_argument("--preset", choices=("performance", "mixed"), default="performance")
+    ap.add_argument("--keep-fp32", action="append", metavar="REGEX",
+                    help="keep operations whose names match in FP32 (layer names, e.g. "
+                         "'head/.*'); repeatable")
+    ap.add_argument("--bias-correction", choices=("fast", "full"), default="fast",
+                    help="NNCF's bias correction: fast, or full (slower, more accurate)")
     ap.add_argument("--max-rank1-drop", type=float, default=TARGET_RANK1_DROP,
                     help="largest rank-1 drop (points) for which the INT8 model is written")
     ap.add_argument("--force", action="store_true", help="write the INT8 model whatever the drop")
@@ -171,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         calib = calibration_blob(ds.train, args.calib, hw)
         print(f"quantizing {fp32} with NNCF ({args.preset} preset) on {len(calib)} training "
               f"crops of {args.data} ...")
-        int8_model = quantize(fp32, calib, args.preset)
+        int8_model = quantize(fp32, calib, args.preset, args.bias_correction == "fast",
+                              args.keep_fp32)
         int8_tmp = save_openvino(int8_model, tmp / "int8.xml")
         print(f"  {time.perf_counter() - t0:.1f} s")
 
@@ -219,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                 "int8": {"model": str(written) if written else None, "accuracy": acc8,
                          "speed": sp8},
                 "calibration": {"images": len(calib), "preset": args.preset,
+                                "bias_correction": args.bias_correction,
+                                "keep_fp32": args.keep_fp32 or [],
                                 "data": str(args.data)},
                 "descriptor_cosine_mean": agreement, "rank1_drop": drop,
                 "throughput_speedup": ratio}
