@@ -397,7 +397,7 @@ def test_quantize_reports_change_and_guards_writing(work, light, capsys, monkeyp
     # without --force a drop beyond the bound is reported and nothing is written (NNCF
     # replaced by the FP32 model itself here, to keep the test short: the drop is then 0)
     monkeypatch.setattr(quant, "quantize",
-                        lambda path, calib, preset: ov.Core().read_model(str(path)))
+                        lambda path, calib, preset, *rest: ov.Core().read_model(str(path)))
     refused = work / "int8_refused"
     assert quant.main(common + ["--out", str(refused), "--max-rank1-drop", "-1"]) == 1
     text = capsys.readouterr()
