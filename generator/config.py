@@ -138,6 +138,7 @@ DERIVED_DATA_KEYS = {
     "num_classes": "num_classes",
     "mining": "hsm.enabled",
     "weighted": "hsm.weighted",
+    "iter_size": "solver.iter_size",
 }
 
 

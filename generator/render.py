@@ -93,7 +93,7 @@ def training_context(cfg: dict) -> dict:
     data_params = dict(cfg["data"])
     data_params.update(height=cfg["input"]["height"], width=cfg["input"]["width"],
                        num_classes=cfg["num_classes"], mining=hsm["enabled"],
-                       weighted=hsm["weighted"])
+                       weighted=hsm["weighted"], iter_size=cfg["solver"]["iter_size"])
     am_blob, local_blob = "loss/am_softmax/per_sample", "loss/local/per_sample"
     if hsm["weighted"] and local:
         # Columns: AM-Softmax, then loss/local/per_sample's center, push, glob_push, weighted by

@@ -20,6 +20,7 @@ Output: raw BGR 0..255 float32 (N, 3, H, W) at the variant's size, as the nets e
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import multiprocessing as mp
 import sys
@@ -49,7 +50,10 @@ class DataConfig:
     weighted: bool = False
     keep_fraction: float = 0.5
     difficulty_start: float = 0.0
-    difficulty_step: float = 0.1
+    difficulty_step: float = 0.1          # per pass over the identities (without a ramp)
+    difficulty_ramp_iters: int | None = None   # else: start -> 1 linearly over these iterations
+    iter_size: int = 1                    # the solver's: batches per iteration, for the ramp
+    worker_timeout: float = 300.0         # seconds to wait for a batch before giving up
     max_zoom: float = 0.2
     max_erase_prob: float = 0.5
     max_erase_area: float = 0.3
@@ -69,12 +73,22 @@ class DataConfig:
             (self.difficulty_step >= 0, "difficulty_step must be >= 0"),
             (self.workers >= 0, "workers must be >= 0 (0: decode in Caffe's thread)"),
             (self.prefetch >= 1, "prefetch must be >= 1"),
+            (self.difficulty_ramp_iters is None or self.difficulty_ramp_iters >= 1,
+             "difficulty_ramp_iters must be >= 1 or null"),
+            (self.iter_size >= 1, "iter_size must be >= 1"),
+            (self.worker_timeout > 0, "worker_timeout must be > 0"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
 
-    def difficulty(self, round_: int) -> float:
+    def difficulty(self, round_: int, iteration: int) -> float:
+        """Augmentation difficulty (paper V.ii e): a linear ramp over ``difficulty_ramp_iters``
+        solver iterations when set (resumes with the iteration), else ``difficulty_step`` more
+        for each pass over the identities."""
+        if self.difficulty_ramp_iters is not None:
+            t = min(1.0, iteration / self.difficulty_ramp_iters)
+            return self.difficulty_start + (1.0 - self.difficulty_start) * t
         return min(1.0, self.difficulty_start + self.difficulty_step * round_)
 
 
@@ -106,6 +120,14 @@ def render(job: Job) -> tuple[int, np.ndarray, list[int]]:
 def _worker_init() -> None:
     import cv2
     cv2.setNumThreads(1)
+    # `caffe train` exits without shutting the pool down: end with it (Linux's parent-death
+    # signal) instead of failing to send the next prefetched batch into a closed pipe.
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):   # not Linux: the worker stops at the broken pipe instead
+        pass
 
 
 # --- the batch producer (no Caffe) ---------------------------------------------------------
@@ -117,11 +139,10 @@ class BatchSource:
                  log=print):
         self.cfg, self.paths, self.labels, self.train = cfg, paths, labels, train
         self.log = log
-        self.miner = HardSampleMiner(labels, cfg.batch_size, cfg.images_per_id,
-                                     keep_fraction=cfg.keep_fraction, mining=cfg.mining and train,
-                                     weighted=cfg.weighted, seed=cfg.seed)
-        self.aug_rng = np.random.default_rng(cfg.seed + 1)
+        self.first_batch = 0
+        self._seed(cfg.seed, cfg.seed + 1)
         self._test_pos = 0
+        self._test_round = 0
         self._planned = 0
         self._pending: collections.deque = collections.deque()
         self._pool = None
@@ -129,19 +150,40 @@ class BatchSource:
         self._bad_this_round: list[int] = []
         self._round = 0
 
+    def _seed(self, miner_seed, aug_seed) -> None:
+        self.miner = HardSampleMiner(self.labels, self.cfg.batch_size, self.cfg.images_per_id,
+                                     keep_fraction=self.cfg.keep_fraction,
+                                     mining=self.cfg.mining and self.train,
+                                     weighted=self.cfg.weighted, seed=miner_seed)
+        self.aug_rng = np.random.default_rng(aug_seed)
+
+    def resume_at(self, batches_done: int) -> None:
+        """Continue a run that has drawn ``batches_done`` batches (from a snapshot): the
+        difficulty ramp continues, and the sampling and augmentation streams are reseeded from
+        (seed, batches_done), so a resumed run does not replay the first batches. (The miner's
+        loss estimates are not in the snapshot: they are relearnt within one pass.)"""
+        if self._planned:
+            raise RuntimeError("resume_at must come before the first batch")
+        self.first_batch = int(batches_done)
+        if batches_done:
+            self._seed([self.cfg.seed, batches_done], [self.cfg.seed + 1, batches_done])
+
     def _plan(self) -> tuple[Job, np.ndarray, np.ndarray, int]:
         cfg = self.cfg
         if self.train:
             b = self.miner.next_batch()
             ids, weights, round_ = b.ids, b.weights, b.round
-            d = cfg.difficulty(round_)
+            iteration = (self.first_batch + self._planned) // cfg.iter_size
+            d = cfg.difficulty(round_, iteration)
             params = [augment.draw_params(self.aug_rng, d, cfg.max_zoom, cfg.max_erase_prob,
                                           cfg.max_erase_area) for _ in ids]
         else:
             n = len(self.paths)
             ids = (self._test_pos + np.arange(cfg.batch_size)) % n
+            round_ = self._test_round             # one round = one pass over the list
+            self._test_round += (self._test_pos + cfg.batch_size) // n
             self._test_pos = int((self._test_pos + cfg.batch_size) % n)
-            weights, round_ = np.ones(cfg.batch_size, np.float32), 0
+            weights = np.ones(cfg.batch_size, np.float32)
             params = [None] * cfg.batch_size
         job = Job(self._planned, [self.paths[i] for i in ids], params, cfg.height, cfg.width)
         self._planned += 1
@@ -158,8 +200,18 @@ class BatchSource:
     def start(self) -> None:
         if self.cfg.workers > 0 and self._pool is None:
             # fork: the workers only decode and augment (numpy, OpenCV), never touch Caffe.
-            ctx = mp.get_context("fork")
-            self._pool = ctx.Pool(self.cfg.workers, initializer=_worker_init)
+            # (Not spawn: under the `caffe` tool sys.executable is whatever python3 is on PATH.)
+            # OpenCV's thread pool does not survive a fork: a child whose parent has already
+            # run a parallel OpenCV call hangs in its first one. With one thread at fork time
+            # the children never use the pool; the parent gets its setting back after.
+            import cv2
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                ctx = mp.get_context("fork")
+                self._pool = ctx.Pool(self.cfg.workers, initializer=_worker_init)
+            finally:
+                cv2.setNumThreads(threads)
         while len(self._pending) < self.cfg.prefetch:
             self._submit()
 
@@ -168,7 +220,15 @@ class BatchSource:
         if not self._pending:
             self.start()
         handle, ids, weights, round_ = self._pending.popleft()
-        _, images, bad = handle.get() if self._pool is not None else handle
+        if self._pool is None:
+            _, images, bad = handle
+        else:
+            try:
+                _, images, bad = handle.get(timeout=self.cfg.worker_timeout)
+            except mp.TimeoutError:
+                raise RuntimeError(f"MarketDataLayer: no batch from the worker processes in "
+                                   f"{self.cfg.worker_timeout:.0f} s (a worker hung, or was killed, e.g. out "
+                                   f"of memory?)") from None
         if round_ != self._round:
             self._report_bad()
             self._round = round_
@@ -194,6 +254,8 @@ class BatchSource:
             self._bad_this_round = []
 
     def close(self) -> None:
+        """Report what is left to report and stop the worker processes."""
+        self._report_bad()
         if self._pool is not None:
             self._pool.terminate()
             self._pool = None
@@ -235,9 +297,23 @@ if caffe is not None:
             self.source = BatchSource(cfg, paths, labels, train,
                                       log=lambda m: print(m, file=sys.stderr, flush=True))
             # Caffe's Python layers do not see their own layer name: the feedback layer finds
-            # this one by the "name" in its param_str (the generator uses the layer's name).
-            _SOURCES[(cfg.name, self.phase)] = self.source
+            # this one by the "name" in its param_str (the generator uses the layer's name),
+            # in its own setup, which Caffe runs after this one. A net built later in the same
+            # process replaces (and stops) the previous source of that name and phase.
+            key = (cfg.name, self.phase)
+            if key in _SOURCES:
+                _SOURCES[key].close()
+            _SOURCES[key] = self.source
+            atexit.register(self.source.close)
             self.cfg = cfg
+            # Batches drawn so far, in a parameter blob so that snapshots keep it and a resumed
+            # run continues the difficulty ramp. The prototxt must give the layer
+            # `param { lr_mult: 0 decay_mult: 0 }` (the generator does): weight decay would
+            # otherwise shrink the count.
+            if len(self.blobs) == 0:
+                self.blobs.add_blob(1)
+                self.blobs[0].data[...] = 0
+            self.started = False
 
         def reshape(self, bottom, top):
             n, h, w = self.cfg.batch_size, self.cfg.height, self.cfg.width
@@ -246,7 +322,14 @@ if caffe is not None:
                 top[i].reshape(n)
 
         def forward(self, bottom, top):
+            if not self.started:            # the snapshot's counter is loaded by now
+                self.started = True
+                done = int(self.blobs[0].data.flat[0])
+                if done and self.phase == caffe.TRAIN:
+                    self.source.resume_at(done)
             images, labels, weights, ids = self.source.next()
+            if self.phase == caffe.TRAIN:
+                self.blobs[0].data.flat[0] += 1
             top[0].data[...] = images.transpose(0, 3, 1, 2)
             top[1].data[...] = labels
             top[2].data[...] = weights
@@ -270,15 +353,16 @@ if caffe is not None:
                 raise ValueError("HardSampleFeedbackLayer: bottoms sample_id and >= 1 per-sample "
                                  "loss blob; no tops")
             self.cfg = parse_config(FeedbackConfig, self.param_str, "HardSampleFeedbackLayer")
+            self.source = _SOURCES.get((self.cfg.source, self.phase))
+            if self.source is None:
+                raise ValueError(f"HardSampleFeedbackLayer: no MarketDataLayer named "
+                                 f"{self.cfg.source!r} in this net")
 
         def reshape(self, bottom, top):
             pass
 
         def forward(self, bottom, top):
-            source = _SOURCES.get((self.cfg.source, self.phase))
-            if source is None:
-                raise ValueError(f"HardSampleFeedbackLayer: no MarketDataLayer named "
-                                 f"{self.cfg.source!r} in this net")
+            source = self.source
             n = bottom[0].data.shape[0]
             ids = bottom[0].data.reshape(n).astype(np.int64)
             terms = np.concatenate([bottom[i].data.reshape(n, -1) for i in range(1, len(bottom))], axis=1)

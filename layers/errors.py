@@ -22,8 +22,12 @@ def _wrap(cls_name: str, method_name: str, method):
         try:
             return method(self, *args)
         except Exception as e:
+            # A ValueError is the layers' own message about bad input (what a user needs);
+            # anything else is a bug: the whole traceback, with file and line.
+            lines = (traceback.format_exception_only(type(e), e) if isinstance(e, ValueError)
+                     else traceback.format_exception(type(e), e, e.__traceback__))
             sys.stderr.write(f"Python layer {cls_name} failed in {method_name}:\n"
-                             + "".join(traceback.format_exception_only(type(e), e)))
+                             + "".join(lines))
             sys.stderr.flush()
             raise
     return wrapper

@@ -9,7 +9,7 @@ Caffe's solver writes glog lines such as::
     I1123 12:00:00.000 123 solver.cpp:397]     Test net output #0: loss/am_softmax = 3.1 (* 1 = 3.1 loss)
 
 `parse_caffe_log` turns them into per-series lists of (iteration, value), used by
-tools/plot_training.py and by the training tools to spot a NaN loss.
+tools/plot_training.py, the demo's training curves and the tests.
 """
 from __future__ import annotations
 

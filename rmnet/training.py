@@ -54,9 +54,9 @@ def without_data_layer(prototxt, drop_feedback: bool = False):
         if layer.type == "Python" and layer.python_param.layer == "MarketDataLayer":
             cfg = json.loads(layer.python_param.param_str)
             n = cfg.get("batch_size", 64)
-            tops = list(layer.top)
+            tops, name = list(layer.top), layer.name
             layer.Clear()
-            layer.name, layer.type = "data", "Input"
+            layer.name, layer.type = name, "Input"
             layer.top.extend(tops)
             shapes = [(n, 3, cfg.get("height", 160), cfg.get("width", 64))]
             for shape in shapes + [(n,)] * (len(tops) - 1):
@@ -81,7 +81,7 @@ def load_net(net_param, phase: str = "TEST", weights: str | None = None):
 
 def net_param_shapes(prototxt: str | os.PathLike, phase: str = "TEST") -> dict[str, list[tuple]]:
     """{layer: [blob shapes]} of a net, from Caffe itself, without reading its dataset."""
-    net = load_net(without_data_layer(prototxt), phase)
+    net = load_net(without_data_layer(prototxt, drop_feedback=True), phase)
     return {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
 
 
@@ -154,8 +154,9 @@ def init_weights(prototxt: str | os.PathLike, out: str | os.PathLike, seed: int 
 def calibrate_batchnorm(deploy: str | os.PathLike, weights: str | os.PathLike,
                         image_paths: list[str], out: str | os.PathLike, batch_size: int = 32,
                         batches: int = 10, seed: int = 0) -> None:
-    """Give an untrained net real BatchNorm statistics (an initial caffemodel has zeros, which
-    Caffe's TEST phase turns into a division by sqrt(eps)): run ``batches`` batches of random
+    """Give an untrained net real BatchNorm statistics (an initial caffemodel has identity
+    placeholders; Caffe's own fresh nets have zeros, which its TEST phase turns into a division
+    by sqrt(eps)): run ``batches`` batches of random
     training images through the net in the TRAIN phase, where Caffe's BatchNorm accumulates its
     statistics, and save. The weights themselves are unchanged: this is still the untrained
     network, measured fairly."""
@@ -214,10 +215,13 @@ def prepare_run(variant: str, data: Path, run_dir: Path, iters: int | None,
             overrides.setdefault(key, {}).update(value)
         if not cfg["dropout"]["switch_off_iter"]:
             overrides["dropout"].pop("switch_off_iter")      # rows that never switch it off
+        def scaled(n: int) -> int:   # the ramps keep their share of the schedule
+            return max(1, round(n * iters / cfg["solver"]["max_iter"]))
         sm = cfg["losses"]["smart_margins"]
-        if sm:   # the margin ramp keeps its share of the schedule
-            ramp = max(1, round(sm["ramp_iters"] * iters / cfg["solver"]["max_iter"]))
-            overrides["losses"] = {"smart_margins": dict(sm, ramp_iters=ramp)}
+        if sm:
+            overrides["losses"] = {"smart_margins": dict(sm, ramp_iters=scaled(sm["ramp_iters"]))}
+        if cfg["data"].get("difficulty_ramp_iters"):
+            overrides["data"]["difficulty_ramp_iters"] = scaled(cfg["data"]["difficulty_ramp_iters"])
     for key, value in (extra or {}).items():
         if isinstance(value, dict):
             overrides.setdefault(key, {}).update(value)
@@ -311,11 +315,13 @@ def caffe_binary() -> str:
 def run_caffe_train(solver: str | os.PathLike, log_path: str | os.PathLike,
                     weights: str | None = None, snapshot: str | None = None,
                     cwd: str | os.PathLike = ".", max_iter: int | None = None,
-                    echo: Callable[[str], None] = print, every: float = 10.0) -> None:
+                    echo: Callable[[str], None] = print, every: float = 10.0,
+                    append: bool = False) -> None:
     """Run `caffe train`, write its whole log to ``log_path`` and echo a progress line at most
     every ``every`` seconds (iteration/max, smoothed loss, lr, s/iter, ETA). A non-zero exit
     raises TrainingError with the last iteration reached and the error Caffe or a Python layer
-    printed (e.g. the loss layer that saw a NaN)."""
+    printed (e.g. the loss layer that saw a NaN). ``append``: add to an existing log (a resumed
+    run keeps its earlier curves)."""
     cmd = [caffe_binary(), "train", "-solver", str(solver)]
     if weights:
         cmd += ["-weights", str(weights)]
@@ -331,7 +337,7 @@ def run_caffe_train(solver: str | os.PathLike, log_path: str | os.PathLike,
     errors: list[str] = []
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", buffering=1) as log:     # line-buffered: users tail it
+    with open(log_path, "a" if append else "w", buffering=1) as log:   # line-buffered: tail it
         log.write("$ " + " ".join(cmd) + "\n")
         proc = subprocess.Popen(cmd, cwd=str(cwd), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace")

@@ -114,6 +114,7 @@ def data_net(tmp_path: Path, root: Path, classes: int, **data_kw) -> str:
         name: "data_test"
         layer {{ name: "data" type: "Python"
                 top: "data" top: "label" top: "sample_weight" top: "sample_id"
+                param {{ lr_mult: 0 decay_mult: 0 }}
                 python_param {{ module: "layers.data" layer: "MarketDataLayer"
                                param_str: '{json.dumps(cfg)}' }} }}
         layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
@@ -162,6 +163,52 @@ def test_layer_tops_and_feedback_reach_the_miner(caffe, dataset, tmp_path):
         _SOURCES[("data", caffe.TRAIN)].close()
 
 
+def test_batch_counter_is_saved_and_a_resumed_layer_continues(caffe, dataset, tmp_path):
+    from layers.data import _SOURCES
+
+    prototxt = data_net(tmp_path, dataset, 6, difficulty_ramp_iters=10)
+    net = caffe.Net(prototxt, caffe.TRAIN)
+    for _ in range(4):
+        net.forward()
+    assert net.params["data"][0].data[0] == 4
+    first_ids = net.blobs["sample_id"].data.copy()
+    net.save(str(tmp_path / "snap.caffemodel"))
+    resumed = caffe.Net(prototxt, caffe.TRAIN, weights=str(tmp_path / "snap.caffemodel"))
+    source = _SOURCES[("data", caffe.TRAIN)]
+    assert source is not None and source is not net.layers[0].source
+    resumed.forward()
+    try:
+        assert resumed.params["data"][0].data[0] == 5
+        assert source.first_batch == 4
+        assert source.cfg.difficulty(0, 4) == pytest.approx(0.4)   # the ramp continues
+        assert not np.array_equal(resumed.blobs["sample_id"].data, first_ids)
+    finally:
+        source.close()
+
+
+def test_a_later_net_replaces_and_stops_the_earlier_source(caffe, dataset, tmp_path):
+    from layers.data import _SOURCES
+
+    a = caffe.Net(data_net(tmp_path, dataset, 6), caffe.TRAIN)
+    a.forward()
+    first = _SOURCES[("data", caffe.TRAIN)]
+    b = caffe.Net(data_net(tmp_path, dataset, 6), caffe.TRAIN)
+    try:
+        assert first._pool is None                       # its workers were stopped
+        assert _SOURCES[("data", caffe.TRAIN)] is not first
+        b.forward()
+    finally:
+        _SOURCES[("data", caffe.TRAIN)].close()
+
+
+def test_difficulty_ramp_and_rounds():
+    ramp = DataConfig(root="x", difficulty_ramp_iters=100, difficulty_start=0.2)
+    assert ramp.difficulty(0, 0) == 0.2 and ramp.difficulty(7, 50) == pytest.approx(0.6)
+    assert ramp.difficulty(0, 1000) == 1.0
+    rounds = DataConfig(root="x", difficulty_step=0.25)
+    assert rounds.difficulty(2, 10**6) == 0.5 and rounds.difficulty(9, 0) == 1.0
+
+
 def test_test_phase_layer_gives_unit_weights(caffe, dataset, tmp_path):
     from layers.data import _SOURCES
 
@@ -200,3 +247,18 @@ def test_data_benchmark_runs_and_reports_a_rate(capsys):
     out = capsys.readouterr().out
     rate = float(out.split("images/s")[0].split()[-1])
     assert rate > 0 and "target >= 1000" in out
+
+
+def test_workers_do_not_hang_after_the_parent_used_opencv_threads(dataset):
+    """OpenCV's thread pool does not survive fork: without the guard in BatchSource.start the
+    workers hang in their first resize once this process has run a parallel OpenCV call."""
+    import cv2
+    big = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+    for _ in range(3):
+        cv2.resize(big, (700, 700))
+        cv2.GaussianBlur(big, (9, 9), 3)
+    threads = cv2.getNumThreads()
+    src = make_source(dataset, workers=2, worker_timeout=30)
+    (images, *_), = take(src, 1)
+    assert images.any()
+    assert cv2.getNumThreads() == threads          # the caller's setting is back

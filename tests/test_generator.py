@@ -325,7 +325,7 @@ def test_table2_rows_add_up():
         am = net["loss/am_softmax"]
         local = net.get("loss/local")
         fb = net.get("hsm_feedback")
-        data = param_str(net["data"])
+        data = param_str(net["market_data"])
         return {
             "am": (list(am.bottom), list(am.loss_weight)),
             "local": None if local is None else (param_str(local)["center"],
@@ -393,13 +393,13 @@ def test_loss_weights_and_margins_come_from_the_config():
 def test_data_section_passes_through_with_derived_keys():
     net = layers_by_name(render("strong", "train",
                                 overrides={"data": {"root": "/x", "workers": 3}}).net)
-    p = param_str(net["data"])
+    p = param_str(net["market_data"])
     assert p["root"] == "/x" and p["workers"] == 3 and p["batch_size"] == 64
     assert (p["height"], p["width"], p["num_classes"], p["mining"], p["weighted"]) == \
         (384, 128, 751, True, True)
-    assert list(net["data"].top) == ["data", "label", "sample_weight", "sample_id"]
+    assert list(net["market_data"].top) == ["data", "label", "sample_weight", "sample_id"]
     test = layers_by_name(render("strong", "test").net)
-    assert "hsm_feedback" not in test and test["data"].python_param.layer == "MarketDataLayer"
+    assert "hsm_feedback" not in test and test["market_data"].python_param.layer == "MarketDataLayer"
     assert set(test["silence"].bottom) == {"sample_id", "loss/am_softmax/per_sample",
                                            "loss/local/per_sample"}
 

@@ -160,3 +160,25 @@ def test_nan_stops_training_with_iteration_and_layer_and_keeps_snapshots(caffe, 
     message = str(err.value)
     assert re.search(r"stopped at iteration 0: ValueError: \w+LossLayer: .*NaN", message), message
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in snaps} == digests
+
+
+def test_resume_continues_the_run_and_keeps_its_log(dataset, tmp_path):
+    run = tmp_path / "run"
+    base = ["--data", str(dataset), "--run-dir", str(run), "--batch-size", "12"]
+    r = run_tool(*base, "--iters", "4")
+    assert r.returncode == 0, r.stderr
+    for p in run.glob("snapshots/light_iter_4.*"):
+        p.unlink()                                  # as if stopped after iteration 2's snapshot
+    r = run_tool(*base, "--resume")                 # no --iters: the run's own schedule is kept
+    assert r.returncode == 0, r.stderr
+    assert "continuing the run" in r.stdout and "light_iter_2.solverstate" in r.stdout
+    log = (run / "train.log").read_text()
+    assert log.count("$ ") == 2 and "Resuming from" in log and "BrokenPipeError" not in log
+    its, _ = read_caffe_log(run / "train.log").values("loss")
+    assert its[0] == 0 and its[-1] == 4 and 2 in its
+    assert (run / "snapshots" / "light_iter_4.caffemodel").is_file()
+
+
+def test_solver_mode_rejects_options_it_would_ignore():
+    r = run_tool("--solver", "solvers/market.prototxt", "--iters", "10")
+    assert r.returncode == 2 and "--iters apply with --data" in r.stderr

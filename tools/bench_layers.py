@@ -147,8 +147,7 @@ def bench_losses(caffe, args) -> dict[str, tuple[float, float]]:
 
 def bench_rmnet(caffe, args) -> float | None:
     if not args.deploy.exists():
-        print(f"RMNet: {args.deploy} not found. TODO(lead): generate it (python -m generator "
-              f"--out prototxt) and re-run for the ratio.")
+        print(f"RMNet: {args.deploy} not found: run `make prototxt` and re-run for the ratio.")
         return None
     net_param = parse_net(args.deploy.read_text())
     inputs = [layer for layer in net_param.layer if layer.type == "Input"]
@@ -184,6 +183,7 @@ def bench_rmnet(caffe, args) -> float | None:
 DATA_NET = """\
 name: "data_bench"
 layer {{ name: "data" type: "Python" top: "data" top: "label" top: "sample_weight" top: "sample_id"
+        param {{ lr_mult: 0 decay_mult: 0 }}
         python_param {{ module: "layers.data" layer: "MarketDataLayer" param_str: '{params}' }} }}
 layer {{ name: "fake_loss" type: "Power" bottom: "label" top: "fake_loss"
         power_param {{ scale: 0.37 shift: 1 }} }}

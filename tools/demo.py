@@ -13,9 +13,9 @@ Steps, each printed as it runs:
    (class count = its training identities, batch ``--batch-size``) with the paper's schedule
    scaled to ``--iters`` (lr 1e-2, x0.1 at 1/3 and 2/3, dropout off at 2/3), and the initial
    caffemodel (orthogonal + MSRA, paper V.ii);
-3. the untrained network scored on query/gallery (the Market-1501 protocol). An initial
-   caffemodel has no BatchNorm statistics, so they are first measured on training images; the
-   weights are the initial ones;
+3. the untrained network scored on query/gallery (the Market-1501 protocol). The initial
+   caffemodel has placeholder BatchNorm statistics (identity), so the real ones are first
+   measured on training images; the weights are the initial ones;
 4. `caffe train -solver <out>/run/solver.prototxt -weights <out>/run/init.caffemodel`;
 5. the trained network scored the same way; a table of rank-1/5/10 and both mAPs, untrained vs
    trained, the training curves as a PNG, and everything in ``<out>/results.json``.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import os
 import sys
 import time
@@ -91,10 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from rmnet.synthetic import SyntheticConfig, generate
             root = out / "synthetic"
-            if (root / "synthetic.json").is_file():
+            cfg = SyntheticConfig(seed=args.seed)
+            recorded = root / "synthetic.json"
+            if recorded.is_file() and json.loads(recorded.read_text()).get("config") == asdict(cfg):
                 print(f"  reusing {root}")
-            else:
-                generate(root, SyntheticConfig(seed=args.seed), overwrite=root.exists())
+            else:                      # absent, or made with other settings (another --seed)
+                generate(root, cfg, overwrite=root.exists())
 
         print("[2/5] nets, solver and initial weights", flush=True)
         paths = prepare_run("light", root, out / "run", args.iters, args.batch_size)

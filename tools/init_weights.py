@@ -6,7 +6,8 @@
         --from backbone_pretrained.caffemodel
 
 Squeezing 1x1 convolutions (layers named */dim_red/conv) get orthogonal weights, every other
-convolution MSRA (fan_out by default); BatchNorm and Scale keep the prototxt's fillers. With
+convolution MSRA (fan_out by default); BatchNorm statistics identity (mean 0, variance 1), Scale
+the prototxt's fillers. With
 --from, every layer whose name and blob shapes match a layer of that caffemodel is copied over
 it (a backbone pre-trained elsewhere), and a report says what matched. Give the deploy net: layers
 only the train net has (losses, dropout counters) initialise themselves, and `caffe train -weights`

@@ -62,11 +62,29 @@ def main(argv: list[str] | None = None) -> int:
     if sum(x is not None and x is not False for x in (args.weights, args.snapshot, args.source,
                                                        args.resume or None)) > 1:
         ap.error("give at most one of --weights, --from, --snapshot, --resume")
+    if args.solver is not None:
+        given = [f"--{name.replace('_', '-')}" for name in ("run_dir", "iters", "batch_size")
+                 if getattr(args, name) is not None]
+        given += ["--from"] if args.source else []
+        given += ["--variant"] if args.variant != "light" else []
+        if given:
+            ap.error(f"{', '.join(given)} apply with --data (a --solver is used as it is)")
+    # Caffe runs in another folder than this shell (the repo root with --solver): resolve now.
+    for name in ("weights", "snapshot", "source"):
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).resolve())
     try:
         if args.data is not None:
-            run_dir = args.run_dir or REPO / "runs" / args.variant
-            paths = prepare_run(args.variant, args.data, run_dir, args.iters, args.batch_size)
-            solver, cwd = paths["solver"], Path.cwd()
+            run_dir = (args.run_dir or REPO / "runs" / args.variant).resolve()
+            if args.resume and (run_dir / "solver.prototxt").is_file():
+                # Continue the run as it was rendered (same schedule), not as today's flags say.
+                solver, cwd = run_dir / "solver.prototxt", Path.cwd()
+                paths = {"solver": solver, "deploy": run_dir / "deploy.prototxt"}
+                print(f"train: continuing the run in {run_dir}")
+            else:
+                paths = prepare_run(args.variant, args.data, run_dir, args.iters,
+                                    args.batch_size)
+                solver, cwd = paths["solver"], Path.cwd()
         else:
             solver, cwd = args.solver, REPO
         info = inspect_solver(solver, cwd)
@@ -90,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: caffe train -solver {solver} (log: {log})")
         run_caffe_train(solver, log, weights=str(weights) if weights else None,
                         snapshot=str(snapshot) if snapshot else None, cwd=cwd,
-                        max_iter=info.max_iter)
+                        max_iter=info.max_iter, append=snapshot is not None)
         print(f"train: done; snapshots: {info.snapshot_prefix}_iter_*.caffemodel")
         return 0
     except TrainingError as e:
