@@ -3,11 +3,10 @@ with a solvers folder, solvers/<name>.prototxt (``market`` for the light variant
 for the strong one, the variant's name for the others)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from generator.config import list_variants
+from rmnet.io import atomic_write_text
 from generator.render import PHASES, render, render_solver
 
 GENERATED_MARK = "# RMNet "   # first bytes of every generated file (see render.header)
@@ -38,16 +37,9 @@ def generate_all(variants: list[str] | None = None) -> dict[str, str]:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write a generated file atomically (rmnet.io), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def stale_files(out: Path, files: dict[str, str], pattern: str = "*/*.prototxt",

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from rmnet.images import load_bgr, resize_to, to_blob
+from rmnet.metrics import l2_normalize
 
 RUNTIMES = ("openvino", "onnxruntime", "opencv", "pycaffe")   # auto order: fastest first
 CACHE_DIRNAME = ".rmnet-export"
@@ -91,10 +92,14 @@ class PycaffeBackend(Backend):
     def __init__(self, prototxt: str | os.PathLike, weights: str | os.PathLike):
         from rmnet.export import _import_caffe
 
+        from rmnet.features import check_weights, output_blob
+
         caffe = _import_caffe()
-        self.net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
+        self.net = caffe.Net(str(prototxt), caffe.TEST)
+        check_weights(self.net, prototxt, weights)   # Caffe would abort or keep random layers
+        self.net.copy_from(str(weights))
         self.input = self.net.inputs[0]
-        self.output = self.net.outputs[0]
+        self.output = output_blob(self.net)
         self.input_hw = tuple(self.net.blobs[self.input].data.shape[2:])
 
     def infer(self, blob: np.ndarray) -> np.ndarray:
@@ -117,10 +122,13 @@ class OpenCVBackend(Backend):
         import cv2
 
         if weights is not None:
+            from rmnet.export import load_graph
+            # The graph check refuses a caffemodel that does not fit, naming the layer (OpenCV
+            # would load it anyway and keep whatever it could not match).
+            graph = load_graph(model, weights)
             self.net = cv2.dnn.readNetFromCaffe(str(model), str(weights))
             if input_hw is None:
-                from rmnet.export import load_graph
-                input_hw = load_graph(model, None).input_hw
+                input_hw = graph.input_hw
         else:
             self.net = cv2.dnn.readNetFromONNX(str(model))
             if input_hw is None:
@@ -293,13 +301,6 @@ def open_backend(paths: str | os.PathLike | Sequence[str | os.PathLike], runtime
     if runtime == "openvino":
         return OpenVINOBackend(xml_path)
     return OnnxRuntimeBackend(onnx_path)
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm (a zero row stays zero), float32."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, eps)).astype(np.float32)
 
 
 class Embedder:
