@@ -391,6 +391,42 @@ def snapshots(prefix: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def usable_snapshot(state: Path) -> str | None:
+    """Why a .solverstate cannot be resumed from (None: it can). Caffe writes snapshots in
+    place, so a run killed while snapshotting leaves a truncated file, or a state whose
+    caffemodel is missing; Caffe would abort on either."""
+    from caffe.proto import caffe_pb2
+
+    s = caffe_pb2.SolverState()
+    try:
+        s.ParseFromString(Path(state).read_bytes())
+    except Exception:
+        return "not a complete solver state (truncated?)"
+    if not s.learned_net:
+        return "names no caffemodel"
+    net = Path(s.learned_net)
+    if not net.is_absolute():
+        net = Path(state).parent / net.name
+    if not net.is_file():
+        return f"its caffemodel {s.learned_net} is missing"
+    try:
+        read_caffemodel(net)
+    except WeightsError as e:
+        return str(e)
+    return None
+
+
+def newest_usable_snapshot(prefix: str | os.PathLike,
+                           log: Callable[[str], None] = print) -> Path | None:
+    """The newest snapshot of ``prefix`` that Caffe can resume from, skipping broken ones."""
+    for _, state in reversed(snapshots(prefix)):
+        problem = usable_snapshot(state)
+        if problem is None:
+            return state
+        log(f"skipping {state}: {problem}")
+    return None
+
+
 def train_images(root: str | os.PathLike) -> list[str]:
     from rmnet.market import load_market
 

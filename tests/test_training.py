@@ -167,11 +167,14 @@ def test_resume_continues_the_run_and_keeps_its_log(dataset, tmp_path):
     base = ["--data", str(dataset), "--run-dir", str(run), "--batch-size", "12"]
     r = run_tool(*base, "--iters", "4")
     assert r.returncode == 0, r.stderr
-    for p in run.glob("snapshots/light_iter_4.*"):
-        p.unlink()                                  # as if stopped after iteration 2's snapshot
+    # As if killed while writing iteration 4's snapshot: a truncated state file.
+    state = run / "snapshots" / "light_iter_4.solverstate"
+    state.write_bytes(state.read_bytes()[:7])
+    (run / "snapshots" / "light_iter_4.caffemodel").unlink()
     r = run_tool(*base, "--resume")                 # no --iters: the run's own schedule is kept
     assert r.returncode == 0, r.stderr
-    assert "continuing the run" in r.stdout and "light_iter_2.solverstate" in r.stdout
+    assert "continuing the run" in r.stdout and "skipping" in r.stdout
+    assert "light_iter_2.solverstate" in r.stdout
     log = (run / "train.log").read_text()
     assert log.count("$ ") == 2 and "Resuming from" in log and "BrokenPipeError" not in log
     its, _ = read_caffe_log(run / "train.log").values("loss")

@@ -37,7 +37,8 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 from rmnet.training import (TrainingError, check_weights_fit, init_weights,  # noqa: E402
-                            inspect_solver, prepare_run, run_caffe_train, snapshots)
+                            inspect_solver, newest_usable_snapshot, prepare_run,
+                            run_caffe_train)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         info = inspect_solver(solver, cwd)
         snapshot = args.snapshot
         if args.resume:
-            found = snapshots(cwd / info.snapshot_prefix)
-            if not found:
-                raise TrainingError(f"--resume: no snapshot under {info.snapshot_prefix}_iter_*")
-            snapshot = found[-1][1]
+            snapshot = newest_usable_snapshot(cwd / info.snapshot_prefix,
+                                              log=lambda m: print(f"train: {m}"))
+            if snapshot is None:
+                raise TrainingError(f"--resume: no usable snapshot under "
+                                    f"{info.snapshot_prefix}_iter_*")
             print(f"train: resuming from {snapshot}")
         weights = args.weights
         if weights is None and snapshot is None and args.data is not None:
