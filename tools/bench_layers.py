@@ -47,6 +47,8 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 import numpy as np  # noqa: E402
 
+from rmnet.training import load_net, without_data_layer  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 LOSS_LAYERS = ("loss/am_softmax", "loss/local")
 
@@ -72,14 +74,6 @@ def parse_net(text: str):
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
     return text_format.Parse(text, caffe_pb2.NetParameter())
-
-
-def write_temp(net_param) -> str:
-    from google.protobuf import text_format
-    fd, path = tempfile.mkstemp(suffix=".prototxt", prefix="bench_")
-    with os.fdopen(fd, "w") as f:
-        f.write(text_format.MessageToString(net_param))
-    return path
 
 
 def loss_net_param(train: Path, batch: int, dim: int, classes: int):
@@ -119,11 +113,7 @@ def median_time(fn, repeats: int) -> float:
 
 def bench_losses(caffe, args) -> dict[str, tuple[float, float]]:
     net_param, source = loss_net_param(args.train, args.batch, args.dim, args.classes)
-    path = write_temp(net_param)
-    try:
-        net = caffe.Net(path, caffe.TRAIN)
-    finally:
-        os.unlink(path)
+    net = load_net(net_param, "TRAIN")
     rng = np.random.default_rng(0)
     per_id = args.images_per_id
     ids = rng.choice(args.classes, size=-(-args.batch // per_id), replace=False)
@@ -155,11 +145,7 @@ def bench_rmnet(caffe, args) -> float | None:
         raise SystemExit(f"{args.deploy}: expected one Input layer, found {len(inputs)}")
     inputs[0].input_param.shape[0].dim[0] = args.batch
     net_param.force_backward = True
-    path = write_temp(net_param)
-    try:
-        net = caffe.Net(path, caffe.TRAIN)
-    finally:
-        os.unlink(path)
+    net = load_net(net_param, "TRAIN")
     rng = np.random.default_rng(0)
     data = inputs[0].top[0]
     net.blobs[data].data[...] = rng.uniform(0, 255, net.blobs[data].data.shape)
@@ -235,7 +221,6 @@ def bench_dropout_cost(caffe, args) -> tuple[float, float]:
 
     The two nets' steps alternate (A B A B ...), so load from other processes hits both alike."""
     from generator import render
-    from rmnet.training import load_net, without_data_layer
 
     rng = np.random.default_rng(0)
     nets = {}
