@@ -187,7 +187,6 @@ def _check_common(num_classes: int, seed: int) -> None:
     _check(seed >= 0, "seed", ">= 0", seed)
 
 
-LOCAL_TERMS = ("center", "push", "glob_push")
 MARGIN_TERMS = ("push", "glob_push")
 
 

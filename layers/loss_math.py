@@ -92,7 +92,6 @@ from typing import Literal
 import numpy as np
 
 EPS = 1e-12
-TERMS = ("center", "push", "glob_push")
 
 
 # --- L2 normalisation -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from rmnet.caffemodel import WeightsError, check_fit, read_caffemodel  # noqa: F401
+from rmnet.caffemodel import WeightsError, check_fit, read_caffemodel
 from rmnet.io import atomic_path
 from rmnet.weights import TransferReport, copy_by_name, msra, orthogonal
 
