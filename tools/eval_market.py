@@ -264,9 +264,11 @@ def parse_args(argv: list[str] | None):
     rl.add_argument("--seed", type=int, default=0, help="for the random query choice")
     args = ap.parse_args(argv)
     if args.features and (args.prototxt or args.weights or args.cache or args.flip
-                          or args.blob):
-        ap.error("--features scores a features file: --prototxt, --weights, --cache, --flip "
-                 "and --blob only apply when extracting")
+                          or args.blob or args.runtime != "pycaffe"):
+        ap.error("--features scores a features file: --prototxt, --weights, --cache, --flip, "
+                 "--blob and --runtime only apply when extracting")
+    if args.blob and args.runtime != "pycaffe":
+        ap.error("--blob names a pycaffe blob: it needs --runtime pycaffe")
     for opt in ("batch", "k1", "k2", "max_rank", "top_k", "num_queries"):
         if getattr(args, opt) < 1:
             ap.error(f"--{opt.replace('_', '-')} must be >= 1")
