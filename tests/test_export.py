@@ -403,3 +403,25 @@ def test_quantize_reports_change_and_guards_writing(work, light, capsys, monkeyp
     text = capsys.readouterr()
     assert "ACCURACY CHANGE: rank-1 +0.00 points" in text.out and "not written" in text.err
     assert not refused.exists()
+
+
+def test_quantize_with_accuracy_control_keeps_rank1(work, light, capsys):
+    """--accuracy-control: NNCF keeps layers in FP32 until rank-1 drops by at most the bound
+    (here 0 points), so the written INT8 model's rank-1 equals the FP32 one."""
+    pytest.importorskip("nncf")
+    import tools.quantize as quant
+    from rmnet.synthetic import SyntheticConfig, generate
+
+    data = work / "syn_ac"
+    generate(data, SyntheticConfig(train_ids=4, test_ids=4, images_per_id=3,
+                                   queries_per_id=1, seed=7))
+    out = work / "int8_ac"
+    assert quant.main(["--model", light["report"].onnx, "--data", str(data), "--calib", "8",
+                       "--warmup", "1", "--repeats", "1", "--min-time", "0.05",
+                       "--out", str(out), "--accuracy-control", "--max-rank1-drop", "0",
+                       "--json", str(work / "q_ac.json")]) == 0
+    report = json.loads((work / "q_ac.json").read_text())
+    assert report["calibration"]["accuracy_control"] is True
+    assert report["int8"]["accuracy"]["rank1"] >= report["fp32"]["accuracy"]["rank1"]
+    assert report["int8"]["model"] is not None
+

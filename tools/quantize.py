@@ -11,7 +11,9 @@
 2. Calibration: ``--calib`` training crops (default 300) of the dataset (``bounding_box_train/``,
    an evenly spaced selection over the sorted file list, so every identity and camera is
    represented), at the model's input size, raw BGR as always.
-3. ``nncf.quantize`` on the OpenVINO model, fast bias correction, preset PERFORMANCE
+3. ``nncf.quantize`` on the OpenVINO model (``--accuracy-control``:
+   ``nncf.quantize_with_accuracy_control`` with rank-1 on ``--data`` as the metric and
+   ``--max-rank1-drop`` as the bound), fast bias correction, preset PERFORMANCE
    (symmetric weights and activations; ``--preset mixed``: asymmetric activations). Measured on
    this machine with a 300-iteration light model: both presets keep the descriptors at mean
    cosine 0.996 to FP32; in throughput mode PERFORMANCE ran 1.50x FP32, MIXED 1.38x (probably
@@ -76,10 +78,34 @@ def calibration_blob(records, n: int, hw: tuple[int, int]) -> np.ndarray:
     return load_blob([records[i].path for i in picks], *hw)
 
 
+def rank1_validator(ds, hw: tuple[int, int]):
+    """``validation_fn(compiled_model, data) -> rank-1`` (fraction) on ``ds``'s query/gallery,
+    for NNCF's accuracy control; the images are decoded once."""
+    from rmnet.images import load_blob
+    from rmnet.market import pids_camids
+    from rmnet.metrics import cosine_distance, evaluate_rank, l2_normalize
+
+    blob = load_blob([r.path for r in ds.query + ds.gallery], *hw)
+    q_pids, q_cams = pids_camids(ds.query)
+    g_pids, g_cams = pids_camids(ds.gallery)
+    nq = len(ds.query)
+
+    def validate(compiled, _data=None) -> float:
+        f = np.concatenate([np.asarray(compiled(blob[i:i + 1])[0]).reshape(1, -1)
+                            for i in range(len(blob))])
+        f = l2_normalize(f)
+        res = evaluate_rank(cosine_distance(f[:nq], f[nq:]), q_pids, g_pids, q_cams, g_cams)
+        return float(res.rank(1))
+    return validate
+
+
 def quantize(fp32_path: Path, calib: np.ndarray, preset: str, fast_bias: bool = True,
-             keep_fp32: list[str] | None = None):
+             keep_fp32: list[str] | None = None, accuracy_control=None,
+             max_drop: float = 0.01):
     """The NNCF-quantized ``openvino.Model`` (static batch 1, as calibrated); operations whose
-    names match a ``keep_fp32`` regular expression stay in floating point."""
+    names match a ``keep_fp32`` regular expression stay in floating point. With
+    ``accuracy_control`` (a validation function, see ``rank1_validator``) NNCF returns layers to
+    FP32, most harmful first, until the metric drops by at most ``max_drop``."""
     import nncf
     import openvino as ov
 
@@ -87,8 +113,15 @@ def quantize(fp32_path: Path, calib: np.ndarray, preset: str, fast_bias: bool = 
     model.reshape([1, *calib.shape[1:]])
     dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
     ignored = nncf.IgnoredScope(patterns=list(keep_fp32)) if keep_fp32 else None
+    extra = {"ignored_scope": ignored} if ignored else {}
+    if accuracy_control is not None:
+        return nncf.quantize_with_accuracy_control(
+            model, dataset, nncf.Dataset([calib[:1]]), validation_fn=accuracy_control,
+            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib),
+            preset={"mixed": nncf.QuantizationPreset.MIXED,
+                    "performance": nncf.QuantizationPreset.PERFORMANCE}[preset], **extra)
     return nncf.quantize(model, dataset, subset_size=len(calib), fast_bias_correction=fast_bias,
-                         **({"ignored_scope": ignored} if ignored else {}),
+                         **extra,
                          preset={"mixed": nncf.QuantizationPreset.MIXED,
                                  "performance": nncf.QuantizationPreset.PERFORMANCE}[preset])
 
@@ -145,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-fp32", action="append", metavar="REGEX",
                     help="keep operations whose names match in FP32 (layer names, e.g. "
                          "'head/.*'); repeatable")
+    ap.add_argument("--accuracy-control", action="store_true",
+                    help="NNCF accuracy control: keep layers in FP32 until rank-1 on --data "
+                         "drops by at most --max-rank1-drop (slower; validates many times)")
     ap.add_argument("--bias-correction", choices=("fast", "full"), default="fast",
                     help="NNCF's bias correction: fast, or full (slower, more accurate)")
     ap.add_argument("--max-rank1-drop", type=float, default=TARGET_RANK1_DROP,
@@ -180,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         calib = calibration_blob(ds.train, args.calib, hw)
         print(f"quantizing {fp32} with NNCF ({args.preset} preset) on {len(calib)} training "
               f"crops of {args.data} ...")
+        control = rank1_validator(ds, hw) if args.accuracy_control else None
         int8_model = quantize(fp32, calib, args.preset, args.bias_correction == "fast",
-                              args.keep_fp32)
+                              args.keep_fp32, control, args.max_rank1_drop / 100)
         int8_tmp = save_openvino(int8_model, tmp / "int8.xml")
         print(f"  {time.perf_counter() - t0:.1f} s")
 
@@ -231,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 "calibration": {"images": len(calib), "preset": args.preset,
                                 "bias_correction": args.bias_correction,
                                 "keep_fp32": args.keep_fp32 or [],
+                                "accuracy_control": args.accuracy_control,
                                 "data": str(args.data)},
                 "descriptor_cosine_mean": agreement, "rank1_drop": drop,
                 "throughput_speedup": ratio}
