@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                          "'head/.*'); repeatable")
     ap.add_argument("--accuracy-control", action="store_true",
                     help="NNCF accuracy control: keep layers in FP32 until rank-1 on --data "
-                         "drops by at most --max-rank1-drop (slower; validates many times)")
+                         "drops by at most --max-rank1-drop. Slow when layers must be returned "
+                         "to FP32: NNCF first ranks every quantized operation with one "
+                         "validation each (150 for light)")
     ap.add_argument("--bias-correction", choices=("fast", "full"), default="fast",
                     help="NNCF's bias correction: fast, or full (slower, more accurate)")
     ap.add_argument("--max-rank1-drop", type=float, default=TARGET_RANK1_DROP,
