@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from layers import augment
-from layers.mining import HardSampleMiner
+from layers.mining import HardSampleMiner, mix_terms
 
 try:
     import caffe
@@ -366,11 +366,12 @@ if caffe is not None:
             n = bottom[0].data.shape[0]
             ids = bottom[0].data.reshape(n).astype(np.int64)
             terms = np.concatenate([bottom[i].data.reshape(n, -1) for i in range(1, len(bottom))], axis=1)
-            if terms.shape[1] != len(self.cfg.weights):
-                raise ValueError(f"HardSampleFeedbackLayer: {terms.shape[1]} per-sample loss "
-                                 f"columns but {len(self.cfg.weights)} weights")
+            try:
+                losses = mix_terms(terms, self.cfg.weights)
+            except ValueError as e:
+                raise ValueError(f"HardSampleFeedbackLayer: {e}") from None
             if source.train:
-                source.miner.update(ids, terms @ np.asarray(self.cfg.weights, np.float64))
+                source.miner.update(ids, losses)
 
         def backward(self, top, propagate_down, bottom):
             pass

@@ -35,11 +35,23 @@ class Batch:
     round: int            # which pass over the identities this batch belongs to
 
 
+def mix_terms(terms: np.ndarray, weights) -> np.ndarray:
+    """Step b's estimate: the per-sample loss terms (N, T), one column per loss (AM-Softmax,
+    Center, Push, GlobPush, as the prototxt's feedback layer lists them) mixed by their
+    ``weights`` (T,) into one loss per sample (N,)."""
+    terms = np.asarray(terms, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64).ravel()
+    if terms.ndim != 2 or terms.shape[1] != weights.size:
+        raise ValueError(f"{terms.shape[-1] if terms.ndim else 0} per-sample loss columns but "
+                         f"{weights.size} weights")
+    return terms @ weights
+
+
 class HardSampleMiner:
     """Chooses the images of each training batch from their last known losses."""
 
     def __init__(self, labels: np.ndarray, batch_size: int, images_per_id: int,
-                 loss_weights: list[float] | None = None, keep_fraction: float = 0.5,
+                 keep_fraction: float = 0.5,
                  mining: bool = True, weighted: bool = False, seed: int = 0,
                  weight_clip: tuple[float, float] = (0.25, 4.0)):
         labels = np.asarray(labels, dtype=np.int64)
@@ -56,9 +68,7 @@ class HardSampleMiner:
         self.mining = mining
         self.weighted = weighted and mining
         self.weight_clip = weight_clip
-        self.loss_weights = np.asarray(loss_weights if loss_weights is not None else [1.0],
-                                       dtype=np.float64)
-        self.losses = np.full((labels.size, self.loss_weights.size), np.nan)
+        self.losses = np.full(labels.size, np.nan)   # last known loss per image (nan: unseen)
         self.rng = np.random.default_rng(seed)
         self.identities = np.unique(labels)
         self.by_identity = {int(c): np.flatnonzero(labels == c) for c in self.identities}
@@ -68,18 +78,17 @@ class HardSampleMiner:
         self._pos = 0
 
     # -- feedback --------------------------------------------------------------------------
-    def update(self, ids: np.ndarray, per_term: np.ndarray) -> None:
-        """Record per-sample losses (shape (N, terms) or (N,)) for images ``ids``."""
-        per_term = np.asarray(per_term, dtype=np.float64).reshape(len(ids), -1)
-        if per_term.shape[1] != self.loss_weights.size:
-            raise ValueError(f"expected {self.loss_weights.size} loss terms per sample, "
-                             f"got {per_term.shape[1]}")
-        self.losses[np.asarray(ids, dtype=np.int64)] = per_term
+    def update(self, ids: np.ndarray, losses: np.ndarray) -> None:
+        """Record the per-sample losses (N,) of images ``ids`` (see ``mix_terms``)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        losses = np.asarray(losses, dtype=np.float64)
+        if losses.shape != ids.shape:
+            raise ValueError(f"expected {ids.size} per-sample losses, got shape {losses.shape}")
+        self.losses[ids] = losses
 
     def score(self, ids: np.ndarray) -> np.ndarray:
-        """Estimated loss of each image: weighted mix of its last known terms; unknown = inf."""
-        rows = self.losses[np.asarray(ids, dtype=np.int64)]
-        s = rows @ self.loss_weights
+        """Estimated loss of each image: its last known loss; never seen = inf (hardest)."""
+        s = self.losses[np.asarray(ids, dtype=np.int64)]
         return np.where(np.isnan(s), np.inf, s)
 
     def exclude(self, ids) -> None:

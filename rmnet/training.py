@@ -392,9 +392,11 @@ def snapshots(prefix: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def usable_snapshot(state: Path) -> str | None:
-    """Why a .solverstate cannot be resumed from (None: it can). Caffe writes snapshots in
-    place, so a run killed while snapshotting leaves a truncated file, or a state whose
-    caffemodel is missing; Caffe would abort on either."""
+    """Why a .solverstate cannot be resumed from (None: it can). Our Caffe writes each file
+    atomically (scripts/caffe/patches/0002-atomic-proto-writes.patch), but a snapshot is two
+    files, caffemodel first: a run killed in between leaves a state whose caffemodel is
+    missing or older, and snapshots from a Caffe without the patch may be truncated. Caffe
+    would abort on either."""
     from caffe.proto import caffe_pb2
 
     s = caffe_pb2.SolverState()

@@ -24,6 +24,17 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def tiny_fc_net(folder: Path, inputs: int, outputs: int) -> Path:
+    """``folder/tiny.prototxt``: an Input of ``inputs`` values and one InnerProduct "fc"."""
+    return write(folder / "tiny.prototxt", f"""\
+        name: "tiny"
+        layer {{ name: "data" type: "Input" top: "data"
+                input_param {{ shape {{ dim: 1 dim: {inputs} }} }} }}
+        layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+                inner_product_param {{ num_output: {outputs} }} }}
+    """)
+
+
 def test_caffe_imports_from_the_venv(caffe):
     assert Path(sys.prefix).resolve() == VENV.resolve(), "tests must run with .venv/bin/python"
     # pycaffe comes from the build cache (outside the clone), wired in by a .pth file.
@@ -139,3 +150,36 @@ def test_large_caffemodel_round_trips_bit_exactly(caffe, tmp_path):
     for name, blobs in net.params.items():
         for a, b in zip(blobs, loaded.params[name]):
             assert a.data.tobytes() == b.data.tobytes(), name
+
+
+def test_protos_are_written_atomically(caffe, tmp_path):
+    """Snapshots and saved caffemodels replace the old file by rename (patch
+    0002-atomic-proto-writes): a reader holding the previous file still sees it whole, the new
+    file is complete, and no temporary is left. In-place writing (Caffe's original
+    truncate-and-write) would leave the open old file empty."""
+    proto = tiny_fc_net(tmp_path, 8, 300)
+    net = caffe.Net(str(proto), caffe.TEST)
+    model = tmp_path / "tiny.caffemodel"
+    net.params["fc"][0].data[...] = 1.0
+    net.save(str(model))
+    old_bytes = model.read_bytes()
+    with open(model, "rb") as old:
+        net.params["fc"][0].data[...] = 2.0
+        net.save(str(model))
+        assert old.read() == old_bytes        # the old inode is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.caffemodel", "tiny.prototxt"]
+    loaded = caffe.Net(str(proto), caffe.TEST, weights=str(model))
+    assert np.all(loaded.params["fc"][0].data == 2.0)
+
+
+def test_unwritable_snapshot_names_the_file(tmp_path):
+    """A proto that cannot be written stops Caffe with the file and the reason, not with a bare
+    failed check (the original code ignored open errors until serialisation)."""
+    proto = tiny_fc_net(tmp_path, 2, 2)
+    target = tmp_path / "missing_dir" / "x.caffemodel"
+    code = f"import caffe; caffe.Net({str(proto)!r}, caffe.TEST).save({str(target)!r})"
+    r = subprocess.run([str(VENV / "bin" / "python"), "-c", code], capture_output=True,
+                       text=True, env={"GLOG_minloglevel": "0", "PATH": "/usr/bin:/bin"})
+    assert r.returncode != 0
+    assert f"Cannot write {target}.tmp: No such file or directory" in r.stderr, r.stderr[-2000:]
+    assert not target.parent.exists()

@@ -155,7 +155,7 @@ def test_layer_tops_and_feedback_reach_the_miner(caffe, dataset, tmp_path):
         w = net.blobs["sample_weight"].data
         assert w.min() > 0 and w.mean() == pytest.approx(1.0, abs=1e-5)
         # The per-sample losses of the last batch are what the miner now knows about those ids.
-        known = source.miner.losses[ids, 0]
+        known = source.miner.losses[ids]
         np.testing.assert_allclose(known, net.blobs["loss/am_softmax/per_sample"].data.ravel(),
                                    rtol=1e-6)
         assert np.isfinite(source.miner.losses).sum() >= 8

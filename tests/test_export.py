@@ -380,8 +380,12 @@ def test_quantize_reports_change_and_guards_writing(work, light, capsys, monkeyp
     # the real NNCF path; an impossible accuracy bound, overridden by --force
     out = work / "int8"
     assert quant.main(common + ["--out", str(out), "--max-rank1-drop", "-1000", "--force",
+                                "--batches", "2,4", "--profile",
                                 "--json", str(work / "q.json")]) == 0
-    assert "ACCURACY CHANGE: rank-1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ACCURACY CHANGE: rank-1" in printed
+    assert "images/s tput, batch 2" in printed and "images/s tput, batch 4" in printed
+    assert "each at its best batch" in printed
     xml = out / f"{Path(light['report'].onnx).stem}-int8.xml"
     assert sorted(p.name for p in out.iterdir()) == [xml.with_suffix(".bin").name, xml.name]
     blob = np.stack([cv2.resize(c, (64, 160)) for c in synthetic_crops(2)]).transpose(0, 3, 1, 2)
@@ -392,6 +396,16 @@ def test_quantize_reports_change_and_guards_writing(work, light, capsys, monkeyp
     report = json.loads((work / "q.json").read_text())
     assert report["int8"]["model"] == str(xml) and report["calibration"]["images"] == 8
     assert 0.9 < report["descriptor_cosine_mean"] <= 1.0001   # INT8 close to FP32
+    assert set(report["int8"]["speed"]) == {"throughput_b2", "throughput_b4", "latency_b1"}
+    best = report["throughput_best"]
+    assert report["throughput_speedup"] == pytest.approx(
+        report["int8"]["speed"][best["int8"]]["median"]
+        / report["fp32"]["speed"][best["fp32"]]["median"])
+    # the per-part profile: every RMNet stage's parts, both precisions timed
+    prof = "\n".join(report["profile"])
+    for part in ("stem", "stage 1 dim_red", "stage 1 dw", "stage 1 dim_inc", "stage 4 shortcut",
+                 "head", "total"):
+        assert part in prof
     for k in ("rank1", "mAP", "mAP_official"):
         assert 0 <= report["int8"]["accuracy"][k] <= 100
     # without --force a drop beyond the bound is reported and nothing is written (NNCF

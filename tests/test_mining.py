@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from layers import augment
-from layers.mining import HardSampleMiner
+from layers.mining import HardSampleMiner, mix_terms
 
 
 def labels_for(counts: list[int]) -> np.ndarray:
@@ -78,11 +78,16 @@ def test_weighted_hsm_weights_follow_loss_with_mean_one():
 
 
 def test_mixed_loss_ranking_uses_prototxt_weights():
+    """The feedback layer's columns mixed by the prototxt's weights decide the ranking."""
     labels = labels_for([2, 2])
-    m = HardSampleMiner(labels, batch_size=2, images_per_id=2, loss_weights=[1.0, 0.0, 2.0])
-    m.update(np.array([0, 1]), np.array([[1.0, 100.0, 0.0], [0.0, 0.0, 1.0]]))
-    np.testing.assert_allclose(m.score(np.array([0, 1])), [1.0, 2.0])
-    with pytest.raises(ValueError, match="3 loss terms"):
+    m = HardSampleMiner(labels, batch_size=2, images_per_id=2)
+    mixed = mix_terms(np.array([[1.0, 100.0, 0.0], [0.0, 0.0, 1.0]]), [1.0, 0.0, 2.0])
+    np.testing.assert_allclose(mixed, [1.0, 2.0])
+    m.update(np.array([0, 1]), mixed)
+    np.testing.assert_allclose(m.score(np.array([0, 1, 2])), [1.0, 2.0, np.inf])
+    with pytest.raises(ValueError, match="2 per-sample loss columns but 3 weights"):
+        mix_terms(np.array([[1.0, 2.0]]), [1.0, 0.0, 2.0])
+    with pytest.raises(ValueError, match="expected 1 per-sample losses"):
         m.update(np.array([0]), np.array([[1.0, 2.0]]))
 
 
