@@ -3,12 +3,14 @@ versions of a model (FP32 and INT8) compare part by part.
 
 Why: the INT8 speed-up of RMNet on a CPU is far from uniform. Measured on this project's
 machine (AMD EPYC, AVX-512 VNNI, OpenVINO 2026.4, light 160x64, batch 16, one thread), the
-1x1 reductions and the shortcut projections run 1.6-2.9x faster in INT8, while the 1x1
-expansions of stages 1-2 (8 or 16 input channels, followed by the residual sum and an ELU) and
-the stage-1 depthwise convolutions (8 channels, then an ELU) run at 0.8-1.1x: their cost is the
-ELU (an exponential per output value, evaluated in float in both precisions), not the
-multiply-adds that INT8 speeds up. ``tools/quantize.py --profile`` prints this table so the
-limit can be seen on any model and machine.
+1x1 reductions, the shortcut projections and the head run 1.8-2.9x faster in INT8, while the
+1x1 expansions of stages 1-2 (8 or 16 input channels, then the residual sum and an ELU) run at
+0.96-1.04x and every depthwise convolution (9 multiply-adds per output, then an ELU) at
+0.8-0.9x: their cost is the ELU (an exponential per output value, evaluated in float in both
+precisions) and memory traffic, not the multiply-adds that INT8 speeds up. Those parts are
+about half of the INT8 time, which caps the whole network near 1.5x; the light_relu variant,
+same graph with ReLU, runs 1.86x. ``tools/quantize.py --profile`` prints this table for any
+model on any machine.
 
 ``layer_times`` needs OpenVINO; ``layer_group`` and ``compare`` are plain functions.
 """
@@ -42,32 +44,40 @@ def layer_group(name: str) -> str:
     return name.split("/", 1)[0] or name
 
 
-def layer_times(model_path: str | os.PathLike, batch: int, height: int, width: int,
-                threads: int = 1, runs: int = 10, warmup: int = 3) -> dict[str, LayerTime]:
-    """Mean time per inference of every executed node of the model at ``batch``, from OpenVINO's
-    performance counters (PERF_COUNT), in synchronous mode with ``threads`` threads (1 = what one
-    stream of THROUGHPUT mode runs on). Nodes that take no time (fused into a neighbour) are
-    left out. Input: random raw-BGR-range values (speed does not depend on them)."""
+def layer_times(model_paths, batch: int, height: int, width: int, threads: int = 1,
+                runs: int = 10, warmup: int = 3) -> list[dict[str, LayerTime]]:
+    """Mean time per inference of every executed node of each model at ``batch``, from
+    OpenVINO's performance counters (PERF_COUNT), in synchronous mode with ``threads`` threads
+    (1 = what one stream of THROUGHPUT mode runs on). The models take turns, run by run, so a
+    load change on the machine affects all alike. Nodes that take no time (fused into a
+    neighbour) are left out. Input: random values in the raw-BGR range (speed does not depend
+    on them)."""
     import openvino as ov
 
     core = ov.Core()
-    model = core.read_model(str(model_path))
-    model.reshape([batch, 3, height, width])
-    compiled = core.compile_model(model, "CPU", {"PERF_COUNT": "YES",
-                                                 "INFERENCE_NUM_THREADS": int(threads),
-                                                 "INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
     x = np.random.default_rng(0).uniform(0, 255, (batch, 3, height, width)).astype(np.float32)
-    for _ in range(warmup):
-        request.infer({0: x})
-    total: dict[str, float] = {}
-    kind: dict[str, tuple[str, str]] = {}
+    requests = []
+    for path in model_paths:
+        model = core.read_model(str(path))
+        model.reshape([batch, 3, height, width])
+        compiled = core.compile_model(model, "CPU", {"PERF_COUNT": "YES",
+                                                     "INFERENCE_NUM_THREADS": int(threads),
+                                                     "INFERENCE_PRECISION_HINT": "f32"})
+        requests.append(compiled.create_infer_request())
+    for request in requests:
+        for _ in range(warmup):
+            request.infer({0: x})
+    totals: list[dict[str, float]] = [{} for _ in requests]
+    kinds: list[dict[str, tuple[str, str]]] = [{} for _ in requests]
     for _ in range(runs):
-        request.infer({0: x})
-        for p in request.profiling_info:
-            total[p.node_name] = total.get(p.node_name, 0.0) + p.real_time.total_seconds() * 1e3
-            kind[p.node_name] = (p.node_type, p.exec_type)
-    return {n: LayerTime(*kind[n], ms=t / runs) for n, t in total.items() if t > 0}
+        for request, total, kind in zip(requests, totals, kinds):
+            request.infer({0: x})
+            for p in request.profiling_info:
+                ms = p.real_time.total_seconds() * 1e3
+                total[p.node_name] = total.get(p.node_name, 0.0) + ms
+                kind[p.node_name] = (p.node_type, p.exec_type)
+    return [{n: LayerTime(*kind[n], ms=t / runs) for n, t in total.items() if t > 0}
+            for total, kind in zip(totals, kinds)]
 
 
 @dataclass(frozen=True)

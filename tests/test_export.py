@@ -395,6 +395,7 @@ def test_quantize_reports_change_and_guards_writing(work, light, capsys, monkeyp
     assert "FakeQuantize" in int8_ops   # really quantized
     report = json.loads((work / "q.json").read_text())
     assert report["int8"]["model"] == str(xml) and report["calibration"]["images"] == 8
+    assert report["calibration"]["ranges"] == "minmax"
     assert 0.9 < report["descriptor_cosine_mean"] <= 1.0001   # INT8 close to FP32
     assert set(report["int8"]["speed"]) == {"throughput_b2", "throughput_b4", "latency_b1"}
     best = report["throughput_best"]
@@ -417,6 +418,58 @@ def test_quantize_reports_change_and_guards_writing(work, light, capsys, monkeyp
     text = capsys.readouterr()
     assert "ACCURACY CHANGE: rank-1 +0.00 points" in text.out and "not written" in text.err
     assert not refused.exists()
+
+
+def test_quantize_stops_when_the_fp32_export_does_not_match(work, light, capsys, monkeypatch):
+    """An FP32 export that fails its check against pycaffe ends quantize.py with the check's
+    message and exit status 1, not a traceback."""
+    import tools.quantize as quant
+    from rmnet.export import ExportCheckError
+    from rmnet.synthetic import SyntheticConfig, generate
+
+    data = work / "syn_check"
+    generate(data, SyntheticConfig(train_ids=2, test_ids=2, images_per_id=2,
+                                   queries_per_id=1, seed=2))
+
+    def mismatch(*args, **kwargs):
+        raise ExportCheckError("export of light does not match pycaffe: openvino max abs diff 0.1",
+                               report=None)
+    monkeypatch.setattr(quant, "export", mismatch)
+    assert quant.main(["--prototxt", str(LIGHT), "--weights", str(light["weights"]), "--data",
+                       str(data), "--out", str(work / "never")]) == 1
+    err = capsys.readouterr().err
+    assert "error: export of light does not match pycaffe" in err and "Traceback" not in err
+    assert not (work / "never").exists()
+
+
+def test_minmax_ranges_cover_what_mean_minmax_clips(light):
+    """--ranges minmax (the default) sets every activation quantizer to the extremes over all
+    calibration images; NNCF's mean_minmax averages per-image extremes, so its upper limits are
+    lower wherever images differ. Compared quantizer by quantizer on the same 8 images."""
+    pytest.importorskip("nncf")
+    import tools.quantize as quant
+
+    calib = np.stack([cv2.resize(c, (64, 160)) for c in synthetic_crops(8, seed=5)])
+    calib = calib.transpose(0, 3, 1, 2).astype(np.float32)
+
+    def highs(ranges: str) -> dict[str, float]:
+        model = quant.quantize(Path(light["report"].openvino_xml), calib, "performance",
+                               ranges=ranges)
+        out = {}
+        for op in model.get_ops():
+            # activation quantizers: input 0 is not a constant (weights' FQs have one)
+            if op.get_type_name() == "FakeQuantize" and \
+                    op.input_value(0).get_node().get_type_name() != "Constant":
+                high = op.input_value(2).get_node().get_data()
+                out[op.get_friendly_name()] = float(np.max(high))
+        return out
+
+    wide, mean = highs("minmax"), highs("mean_minmax")
+    assert wide.keys() == mean.keys() and len(wide) > 50
+    assert all(wide[k] >= mean[k] * (1 - 1e-6) for k in wide)
+    assert sum(wide[k] > mean[k] * 1.01 for k in wide) > len(wide) // 2
+    with pytest.raises(ValueError, match="ranges must be one of minmax"):
+        quant.quantize(Path(light["report"].openvino_xml), calib, "performance", ranges="max")
 
 
 def test_quantize_with_accuracy_control_keeps_rank1(work, light, capsys):
