@@ -4,12 +4,28 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
 # Quiet glog (Caffe logs every layer at INFO) unless the user asks for it.
 os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+def numeric_grad(f, a: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences (float64) of the scalar f() w.r.t. every entry of ``a``, which is
+    modified in place and restored (a numpy array or a Caffe blob's data)."""
+    g = np.zeros(a.shape)
+    for idx in np.ndindex(a.shape):
+        old = a[idx]
+        a[idx] = old + eps
+        plus = f()
+        a[idx] = old - eps
+        minus = f()
+        a[idx] = old
+        g[idx] = (plus - minus) / (2 * eps)
+    return g
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import pytest
 from layers import loss_math as lm
 from layers.config import (AMSoftmaxConfig, ConfigError, LocalStructureConfig,
                            SmartMarginsConfig, parse_config)
+from tests.conftest import numeric_grad
 
 N, D, K = 6, 5, 4
 AM_TOPS = ("loss/am_softmax", "loss/am_softmax/per_sample")
@@ -102,15 +103,7 @@ def fd_check(net, top_weights, blobs, before_forward=lambda: None, eps=1e-3):
         return sum(w * float(net.blobs[t].data) for t, w in top_weights if w)
 
     for name, data, analytic in blobs:
-        numeric = np.zeros(data.shape)
-        for idx in np.ndindex(data.shape):
-            old = float(data[idx])
-            data[idx] = old + eps
-            plus = objective()
-            data[idx] = old - eps
-            minus = objective()
-            data[idx] = old
-            numeric[idx] = (plus - minus) / (2 * eps)
+        numeric = numeric_grad(objective, data, eps)
         scale = max(1e-2, float(np.abs(numeric).max()))
         err = float(np.abs(analytic.reshape(numeric.shape) - numeric).max()) / scale
         assert err < 1e-2, f"{name}: max error {err:.3g} of the gradient scale {scale:.3g}"

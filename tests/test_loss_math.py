@@ -10,22 +10,9 @@ import numpy as np
 import pytest
 
 from layers import loss_math as lm
+from tests.conftest import numeric_grad
 
 SQRT_HALF = math.sqrt(0.5)   # 0.70710678...
-
-
-def numeric_grad(f, a: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Central differences of the scalar f() w.r.t. every entry of a (modified in place)."""
-    g = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        old = a[idx]
-        a[idx] = old + eps
-        plus = f()
-        a[idx] = old - eps
-        minus = f()
-        a[idx] = old
-        g[idx] = (plus - minus) / (2 * eps)
-    return g
 
 
 def assert_grad(analytic: np.ndarray, numeric: np.ndarray, tol: float = 1e-6) -> None:
