@@ -1,7 +1,8 @@
 """Install the RMNet reproduction's Python packages (``pip install -e .``, run by ``make setup``).
 
 Packages:
-  rmnet      code shared by layers/ and tools/: Market-1501 parsing, metrics, image loading.
+  rmnet      the library, by workflow (data, caffe, train, eval, deploy, bench) and the command
+             lines (rmnet.cli), installed as console scripts rmnet-<tool> beside tools/<tool>.py.
   generator  renders the RMNet train/test/deploy prototxts from Jinja2 templates.
   layers     Caffe Python layers (losses, data layer); Caffe imports them by module name.
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).resolve().parent
+TOOLS = sorted(p.stem for p in (HERE / "rmnet" / "cli").glob("*.py") if p.stem != "__init__")
 
 
 def requirements() -> list[str]:
@@ -31,4 +33,6 @@ setup(
     include_package_data=True,
     package_data={"generator": ["templates/*.j2", "variants/*.json"]},
     install_requires=requirements(),
+    entry_points={"console_scripts": [f"rmnet-{t.replace('_', '-')} = rmnet.cli.{t}:main"
+                                      for t in TOOLS]},
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from generator.config import list_variants
-from rmnet.io import atomic_write_text
+from rmnet.atomic import atomic_write_text
 from generator.render import PHASES, render, render_solver
 
 GENERATED_MARK = "# RMNet "   # first bytes of every generated file (see render.header)
@@ -37,7 +37,7 @@ def generate_all(variants: list[str] | None = None) -> dict[str, str]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write a generated file atomically (rmnet.io), creating its folder."""
+    """Write a generated file atomically (rmnet.atomic), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
 

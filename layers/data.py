@@ -105,7 +105,7 @@ class Job:
 
 def render(job: Job) -> tuple[int, np.ndarray, list[int]]:
     """Load, augment and stack one batch: (index, uint8 (N,H,W,3), positions of bad images)."""
-    from rmnet.images import ImageError, load_bgr
+    from rmnet.data.images import ImageError, load_bgr
 
     out = np.zeros((len(job.paths), job.height, job.width, 3), np.uint8)
     bad = []
@@ -263,7 +263,7 @@ class BatchSource:
 
 def load_train_list(root: str | Path) -> tuple[list[str], np.ndarray, int]:
     """(paths, contiguous labels, number of identities) of a Market-1501-layout train split."""
-    from rmnet.market import load_market
+    from rmnet.data.market import load_market
 
     ds = load_market(root)
     paths = [str(r.path) for r in ds.train]

@@ -1,5 +1,13 @@
-"""Code shared by the Caffe layers (layers/) and the tools (tools/).
+"""The RMNet re-identification library, by workflow (README.md, "Layout", lists the modules):
 
-One importable place for what both need: Market-1501 parsing, image loading, metrics,
-caffemodel reading, training and export helpers (README.md, "Layout", lists the modules).
+- ``rmnet.data``    dataset layouts, image loading, the synthetic dataset
+- ``rmnet.caffe``   Caffe's files (nets, solvers, caffemodels) and pycaffe
+- ``rmnet.train``   training runs, initial weights, logs and plots
+- ``rmnet.eval``    descriptors, features files, metrics, re-ranking
+- ``rmnet.deploy``  ONNX/OpenVINO export, the embedding API, profiling
+- ``rmnet.bench``   the benchmarks' shared harness and baselines
+- ``rmnet.cli``     the command lines (``tools/*.py`` and console entry points)
+
+The Caffe Python layers live in the top-level ``layers`` package and the net generator in
+``generator``, because prototxts and users name them by those module paths.
 """

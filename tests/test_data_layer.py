@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from layers.data import BatchSource, DataConfig, load_train_list
-from rmnet.synthetic import SyntheticConfig, generate
+from rmnet.data.synthetic import SyntheticConfig, generate
 
 H, W = 32, 16
 
@@ -63,7 +63,7 @@ def test_batches_are_k_images_of_each_identity_and_augmented(dataset):
 
 def test_test_phase_walks_the_list_in_order_without_augmentation(dataset):
     from layers import augment
-    from rmnet.images import load_bgr
+    from rmnet.data.images import load_bgr
 
     src = make_source(dataset, train=False)
     (images, _, weights, ids), (_, _, _, ids2) = take(src, 2)
@@ -239,9 +239,7 @@ def test_unknown_param_is_refused(caffe, dataset, tmp_path):
 
 
 def test_data_benchmark_runs_and_reports_a_rate(capsys):
-    import sys
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-    import bench_layers
+    from rmnet.cli import bench_layers
     bench_layers.main(["--data-only", "--data-batches", "3", "--data-batch", "16",
                        "--workers", "1"])
     out = capsys.readouterr().out

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from rmnet.synthetic import SyntheticConfig, generate
+from rmnet.data.synthetic import SyntheticConfig, generate
 from tests.conftest import REPO
 
 

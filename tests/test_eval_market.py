@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 import pytest
 
-from rmnet.features import read_features
-from rmnet.metrics import compute_distance, ranked_gallery
+from rmnet.eval.features import read_features
+from rmnet.eval.metrics import compute_distance, ranked_gallery
 from tests.conftest import REPO
 
 PROTOTXT = REPO / "prototxt" / "light" / "deploy.prototxt"
@@ -51,7 +51,7 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def data(work) -> Path:
     root = work / "market"
-    subprocess.run([sys.executable, "-m", "rmnet.synthetic", "--out", str(root),
+    subprocess.run([sys.executable, "-m", "rmnet.data.synthetic", "--out", str(root),
                     "--train-ids", "1", "--test-ids", "5", "--images-per-id", "3",
                     "--queries-per-id", "2", "--seed", "3"],
                    check=True, cwd=REPO, capture_output=True)
@@ -99,12 +99,12 @@ def test_json_keys_and_ranges(first_run):
 
 def test_cache_is_reused_without_extracting(first_run, work, data, weights, monkeypatch):
     cache, res, _, _ = first_run
-    import rmnet.features
+    import rmnet.eval.features
 
     def boom(*a, **k):
         raise AssertionError("extract() called although the cache matches")
 
-    monkeypatch.setattr(rmnet.features, "extract", boom)
+    monkeypatch.setattr(rmnet.eval.features, "extract", boom)
     monkeypatch.setattr(TOOL, "extract_split_features", boom)
     out = work / "second.json"
     code, _, stderr = run_tool("--prototxt", PROTOTXT, "--weights", weights, "--data", data,
@@ -277,10 +277,10 @@ def test_malformed_features_files(work):
 def test_fast_runtime_gives_the_same_features_as_pycaffe(work, data):
     """--runtime auto (OpenVINO here, through an export checked against pycaffe): same
     descriptors within 1e-4, same ranking metrics, and the cache records which runtime.
-    (Weights from rmnet.export.random_caffemodel: outputs of order 1-10, where an absolute
+    (Weights from rmnet.deploy.export.random_caffemodel: outputs of order 1-10, where an absolute
     1e-4 is a meaningful tolerance; the module's raw random weights reach hundreds.)"""
-    from rmnet.export import random_caffemodel
-    from rmnet.features import read_features
+    from rmnet.deploy.export import random_caffemodel
+    from rmnet.eval.features import read_features
 
     weights = random_caffemodel(PROTOTXT, work / "sensible.caffemodel", seed=4)
     results = {}

@@ -1,5 +1,5 @@
-"""Export to ONNX/OpenVINO, the embedding API and the benchmark (rmnet/export.py, rmnet/embed.py,
-tools/export.py, tools/benchmark.py, rmnet/baselines.py).
+"""Export to ONNX/OpenVINO, the embedding API and the benchmark (rmnet/deploy/export.py, rmnet/deploy/embedder.py,
+tools/export.py, tools/benchmark.py, rmnet/bench/baselines.py).
 
 Random-weight deploy nets (``random_caffemodel``: BatchNorm statistics set, since a fresh
 caffe.Net has them all zero) are exported and compared with pycaffe on JPEG images written here;
@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from rmnet.baselines import resnet50_prototxt
-from rmnet.embed import Embedder, OnnxRuntimeBackend, OpenVINOBackend, search
-from rmnet.export import (ExportCheckError, ExportError, export, load_graph, random_caffemodel,
+from rmnet.bench.baselines import resnet50_prototxt
+from rmnet.deploy.embedder import Embedder, OnnxRuntimeBackend, OpenVINOBackend, search
+from rmnet.deploy.export import (ExportCheckError, ExportError, export, load_graph, random_caffemodel,
                           synthetic_crops)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_light_export_matches_pycaffe(light, images, caffe):
     assert report.images.startswith("6 images from")
     assert report.output == "embedding_calibrated" and report.input_hw == (160, 64)
     # independent of the exporter's check: another batch size, both runtimes
-    from rmnet.images import load_blob
+    from rmnet.data.images import load_blob
     blob = load_blob(sorted(images.glob("*.jpg"))[:3], 160, 64)
     ref = _pycaffe(caffe, LIGHT, light["weights"], blob)
     assert np.abs(ref).max() > 1.0   # a real signal, not all zeros
@@ -173,7 +173,7 @@ def test_resnet50_baseline(work, caffe):
     from google.protobuf import text_format
 
     from caffe.proto import caffe_pb2
-    from tools.model_stats import conv_macs, count_params
+    from rmnet.cli.model_stats import conv_macs, count_params
 
     text = resnet50_prototxt()
     net = caffe_pb2.NetParameter()
@@ -240,7 +240,7 @@ def test_mismatched_caffemodel_refused(work, light):
         assert expected in msg and str(bad) in msg and str(LIGHT) in msg
         assert not out.exists()   # refused before anything was written
     # the CLI: exit status 2 and the message
-    from tools.export import main
+    from rmnet.cli.export import main
     assert main(["--prototxt", str(LIGHT), "--weights", str(work / "bad0.caffemodel"),
                  "--out", str(work / "cli_bad")]) == 2
 
@@ -251,7 +251,7 @@ def test_failed_check_writes_nothing(work, light, capsys):
         export(LIGHT, light["weights"], out, openvino=False, tolerance=1e-12, n_images=2)
     assert "nothing written" in str(e.value) and not e.value.report.ok
     assert not any(p for p in out.iterdir())   # no file, no staging folder left
-    from tools.export import main
+    from rmnet.cli.export import main
     assert main(["--prototxt", str(LIGHT), "--weights", str(light["weights"]), "--out",
                  str(out), "--tolerance", "1e-12"]) == 1
     assert "FAIL" in capsys.readouterr().out
@@ -336,8 +336,7 @@ def test_search_top_k():
 # --- benchmark ---------------------------------------------------------------------------------
 
 def test_benchmark_quick_json(work, monkeypatch, capsys):
-    sys.path.insert(0, str(REPO))
-    import tools.benchmark as bench
+    import rmnet.cli.benchmark as bench
 
     real = bench.runtime_available
     monkeypatch.setattr(bench, "runtime_available",
@@ -369,8 +368,8 @@ def test_benchmark_quick_json(work, monkeypatch, capsys):
 
 def test_quantize_reports_change_and_guards_writing(work, light, capsys, monkeypatch):
     pytest.importorskip("nncf")
-    import tools.quantize as quant
-    from rmnet.synthetic import SyntheticConfig, generate
+    import rmnet.cli.quantize as quant
+    from rmnet.data.synthetic import SyntheticConfig, generate
 
     data = work / "syn"
     generate(data, SyntheticConfig(train_ids=4, test_ids=4, images_per_id=3,
@@ -423,9 +422,9 @@ def test_quantize_reports_change_and_guards_writing(work, light, capsys, monkeyp
 def test_quantize_stops_when_the_fp32_export_does_not_match(work, light, capsys, monkeypatch):
     """An FP32 export that fails its check against pycaffe ends quantize.py with the check's
     message and exit status 1, not a traceback."""
-    import tools.quantize as quant
-    from rmnet.export import ExportCheckError
-    from rmnet.synthetic import SyntheticConfig, generate
+    import rmnet.cli.quantize as quant
+    from rmnet.deploy.export import ExportCheckError
+    from rmnet.data.synthetic import SyntheticConfig, generate
 
     data = work / "syn_check"
     generate(data, SyntheticConfig(train_ids=2, test_ids=2, images_per_id=2,
@@ -447,7 +446,7 @@ def test_minmax_ranges_cover_what_mean_minmax_clips(light):
     calibration images; NNCF's mean_minmax averages per-image extremes, so its upper limits are
     lower wherever images differ. Compared quantizer by quantizer on the same 8 images."""
     pytest.importorskip("nncf")
-    import tools.quantize as quant
+    import rmnet.cli.quantize as quant
 
     calib = np.stack([cv2.resize(c, (64, 160)) for c in synthetic_crops(8, seed=5)])
     calib = calib.transpose(0, 3, 1, 2).astype(np.float32)
@@ -476,8 +475,8 @@ def test_quantize_with_accuracy_control_keeps_rank1(work, light, capsys):
     """--accuracy-control: NNCF keeps layers in FP32 until rank-1 drops by at most the bound
     (here 0 points), so the written INT8 model's rank-1 equals the FP32 one."""
     pytest.importorskip("nncf")
-    import tools.quantize as quant
-    from rmnet.synthetic import SyntheticConfig, generate
+    import rmnet.cli.quantize as quant
+    from rmnet.data.synthetic import SyntheticConfig, generate
 
     data = work / "syn_ac"
     generate(data, SyntheticConfig(train_ids=4, test_ids=4, images_per_id=3,

@@ -1,4 +1,4 @@
-"""rmnet.images (loading, resizing, blobs) and rmnet.io (atomic writes), on real files."""
+"""rmnet.data.images (loading, resizing, blobs) and rmnet.atomic (atomic writes), on real files."""
 from __future__ import annotations
 
 import os
@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from rmnet.images import (ImageError, decode_bgr, is_image_name, load_blob, load_bgr, resize_to,
+from rmnet.data.images import (ImageError, decode_bgr, is_image_name, load_blob, load_bgr, resize_to,
                           to_blob)
-from rmnet.io import atomic_dir, atomic_path, atomic_write, atomic_write_bytes, atomic_write_text
+from rmnet.atomic import atomic_dir, atomic_path, atomic_write, atomic_write_bytes, atomic_write_text
 
 
 def _picture(h=40, w=24, seed=0) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""rmnet.market: Market-1501 / DukeMTMC-reID folder parsing, on hand-made folders and on a
-dataset written by rmnet.synthetic."""
+"""rmnet.data.market: Market-1501 / DukeMTMC-reID folder parsing, on hand-made folders and on a
+dataset written by rmnet.data.synthetic."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmnet.market import (SPLITS, DatasetError, Record, load_market, load_split, parse_name,
+from rmnet.data.market import (SPLITS, DatasetError, Record, load_market, load_split, parse_name,
                           pids_camids)
-from rmnet.synthetic import SyntheticConfig, generate
+from rmnet.data.synthetic import SyntheticConfig, generate
 
 TRAIN = ["0002_c1s1_000451_03.jpg", "0002_c2s1_000301_01.jpg", "0007_c3s3_015265_04.jpg",
          "1500_c6s4_002202_01.jpg", "0007_c4s2_048373_01.jpg"]

@@ -1,4 +1,4 @@
-"""rmnet.metrics: hand-computed CMC, both APs and mINP under the Market-1501 protocol."""
+"""rmnet.eval.metrics: hand-computed CMC, both APs and mINP under the Market-1501 protocol."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from rmnet.metrics import (cosine_distance, euclidean_distance, evaluate_rank, l2_normalize,
+from rmnet.eval.metrics import (cosine_distance, euclidean_distance, evaluate_rank, l2_normalize,
                            ranked_gallery, stable_order)
 
 # Query A: pid 1, camera 1. Gallery (index: pid, camera, distance to A):

@@ -10,8 +10,7 @@ from google.protobuf import text_format
 
 from tests.conftest import REPO
 
-sys.path.insert(0, str(REPO / "tools"))
-import model_stats  # noqa: E402
+from rmnet.cli import model_stats
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
-"""rmnet.ovprofile: grouping of runtime nodes into RMNet parts, and the FP32/INT8 comparison
+"""rmnet.deploy.profile: grouping of runtime nodes into RMNet parts, and the FP32/INT8 comparison
 (hand-computed), plus tools/quantize.py's --batches parsing."""
 import argparse
 
 import pytest
 
-from rmnet.ovprofile import LayerTime, compare, format_comparison, layer_group
+from rmnet.deploy.profile import LayerTime, compare, format_comparison, layer_group
 
 
 def _t(ms: float) -> LayerTime:
@@ -48,7 +48,7 @@ def test_compare_sums_groups_in_network_order_and_keeps_totals():
 
 
 def test_parse_batches():
-    from tools.quantize import parse_batches
+    from rmnet.cli.quantize import parse_batches
 
     assert parse_batches("16") == [16]
     assert parse_batches("16, 64,16") == [16, 64]

@@ -1,8 +1,8 @@
-"""k-reciprocal re-ranking (rmnet.rerank) against a slow, direct implementation of the paper.
+"""k-reciprocal re-ranking (rmnet.eval.rerank) against a slow, direct implementation of the paper.
 
 The reference below is written from the paper (Zhong et al., CVPR 2017, sections 3.2-3.4) with
 the conventions of the authors' released code that the published numbers depend on (see the
-rmnet.rerank module doc): squared Euclidean original distance, each row divided by its maximum,
+rmnet.eval.rerank module doc): squared Euclidean original distance, each row divided by its maximum,
 neighbour lists N(i, k) including i, R(i, k) from N(., k+1), the strict > 2/3 overlap rule,
 Gaussian weights exp(-D), query expansion over the k2 nearest, Jaccard distance via min/max
 sums, final = J (1 - lambda) + D lambda. It uses dense float64 matrices, Python sets and plain
@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmnet.metrics import euclidean_distance, evaluate_rank
-from rmnet.rerank import re_rank, re_rank_features, smallest_k_sorted
+from rmnet.eval.metrics import euclidean_distance, evaluate_rank
+from rmnet.eval.rerank import re_rank, re_rank_features, smallest_k_sorted
 
 
 def reference_rerank(qf: np.ndarray, gf: np.ndarray, k1: int, k2: int, lam: float,

@@ -1,4 +1,4 @@
-"""rmnet.synthetic: the seeded Market-1501-shaped dataset (real JPEG files) and its identity
+"""rmnet.data.synthetic: the seeded Market-1501-shaped dataset (real JPEG files) and its identity
 signal, checked with hand-written baselines (the project's metrics module is not used here)."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from rmnet.images import load_bgr
-from rmnet.market import SPLITS, load_market, pids_camids
-from rmnet.synthetic import SyntheticConfig, generate, main
+from rmnet.data.images import load_bgr
+from rmnet.data.market import SPLITS, load_market, pids_camids
+from rmnet.data.synthetic import SyntheticConfig, generate, main
 
 CFG = SyntheticConfig(train_ids=24, test_ids=24, images_per_id=6, queries_per_id=2, seed=0)
 

@@ -1,7 +1,7 @@
 """Caffe deploy net + caffemodel -> ONNX -> OpenVINO IR, each export checked against pycaffe.
 
 Why our own converter: the deploy nets use a small, fixed set of Caffe layers (the generator's
-RMNet nets and the ResNet-50 baseline of ``rmnet.baselines``), and the one thing that matters is
+RMNet nets and the ResNet-50 baseline of ``rmnet.bench.baselines``), and the one thing that matters is
 that the exported graph computes exactly what Caffe computes. So this module reads both files
 with Caffe's own ``caffe_pb2`` (no pycaffe needed to convert), checks that the caffemodel fits the
 prototxt, and writes the graph with ``onnx.helper``; layers it does not know are refused.
@@ -40,10 +40,10 @@ Caffe itself would silently keep a missing layer's random initialisation.
 ``<name>.bin`` (``openvino.convert_model`` of the ONNX file, ``save_model(...,
 compress_to_fp16=False)``: FP32 weights). Everything is written into a staging directory inside
 ``out_dir`` first and verified there: pycaffe runs the original net on a batch of real images
-(files from a folder, or crops drawn by ``rmnet.synthetic``), ONNX Runtime runs the ONNX file and
+(files from a folder, or crops drawn by ``rmnet.data.synthetic``), ONNX Runtime runs the ONNX file and
 OpenVINO the IR, and the largest absolute difference of the output descriptors is reported. Only
 when every difference is within the tolerance (1e-4) are the files moved into place, each
-atomically (``rmnet.io.atomic_path``; the IR's ``.bin`` before its ``.xml``). A failed check
+atomically (``rmnet.atomic.atomic_path``; the IR's ``.bin`` before its ``.xml``). A failed check
 raises ``ExportCheckError`` and leaves nothing behind.
 
 ``random_caffemodel()`` writes a caffemodel with random but sensible weights (the BatchNorm
@@ -59,8 +59,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet import caffemodel
-from rmnet.io import atomic_path
+from rmnet.caffe import caffemodel
+from rmnet.atomic import atomic_path
 
 OPSET = 17
 IR_VERSION = 8            # the IR version that goes with opset 17; read by every runtime here
@@ -124,7 +124,7 @@ def read_prototxt(path: str | os.PathLike):
 
 def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     """Layer name -> its parameter blobs (float32 arrays) from a binary caffemodel
-    (``rmnet.caffemodel``), with its errors as ExportError."""
+    (``rmnet.caffe.caffemodel``), with its errors as ExportError."""
     try:
         return caffemodel.read_caffemodel(path)
     except caffemodel.WeightsError as e:
@@ -574,7 +574,7 @@ def to_onnx(g: Graph, doc: str = ""):
 
     graph = helper.make_graph(nodes, g.name, [value_info(g.input_name, g.input_shape)],
                               [value_info(o, g.shapes[o]) for o in g.outputs], inits)
-    model = helper.make_model(graph, producer_name="rmnet.export", doc_string=doc,
+    model = helper.make_model(graph, producer_name="rmnet.deploy.export", doc_string=doc,
                               opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
     h, w = g.input_hw
@@ -598,9 +598,9 @@ def check_images(images: str | os.PathLike | None, height: int, width: int,
     """A float32 (n, 3, height, width) raw BGR batch for the checks, and where it came from.
 
     ``images``: a folder (searched recursively; the first ``n`` image files in sorted order), or
-    None for ``n`` person crops drawn by ``rmnet.synthetic`` (seeded).
+    None for ``n`` person crops drawn by ``rmnet.data.synthetic`` (seeded).
     """
-    from rmnet.images import is_image_name, load_blob, resize_to, to_blob
+    from rmnet.data.images import is_image_name, load_blob, resize_to, to_blob
 
     if images is not None:
         root = Path(images)
@@ -613,12 +613,12 @@ def check_images(images: str | os.PathLike | None, height: int, width: int,
         return load_blob(files, height, width), f"{len(files)} images from {root}"
     crops = synthetic_crops(n, seed)
     return (to_blob([resize_to(c, height, width) for c in crops]),
-            f"{n} synthetic person crops (rmnet.synthetic, seed {seed})")
+            f"{n} synthetic person crops (rmnet.data.synthetic, seed {seed})")
 
 
 def synthetic_crops(n: int, seed: int = 0) -> list[np.ndarray]:
-    """``n`` uint8 BGR person crops (128x64, Market-like) drawn by ``rmnet.synthetic``."""
-    from rmnet import synthetic
+    """``n`` uint8 BGR person crops (128x64, Market-like) drawn by ``rmnet.data.synthetic``."""
+    from rmnet.data import synthetic
 
     cfg = synthetic.SyntheticConfig(train_ids=max(2, n), test_ids=2, seed=seed)
     plan = synthetic.make_plan(cfg)
@@ -633,7 +633,7 @@ def caffe_forward(prototxt: str | os.PathLike, weights: str | os.PathLike,
     Call only after ``load_graph`` accepted the pair: Caffe aborts the process on a shape
     mismatch.
     """
-    from rmnet.embed import PycaffeBackend
+    from rmnet.deploy.embedder import PycaffeBackend
 
     return PycaffeBackend(prototxt, weights).infer(blob)
 
@@ -698,7 +698,7 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
     report = ExportReport(str(prototxt), str(weights), output=g.outputs[0], input_hw=(h, w),
                           images=source, tolerance=tolerance, relative=relative,
                           folded=sum(len(r.folded) for r in g.records if isinstance(r, _Conv)))
-    doc = (f"Exported by rmnet.export from {prototxt.name} + {weights.name} "
+    doc = (f"Exported by rmnet.deploy.export from {prototxt.name} + {weights.name} "
            f"(caffemodel sha256 {caffemodel.sha256_file(weights)[:16]})")
     model = to_onnx(g, doc)
     ref = caffe_forward(prototxt, weights, blob)
@@ -709,7 +709,7 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
     try:
         import onnx
 
-        from rmnet.embed import OnnxRuntimeBackend, OpenVINOBackend, runtime_available
+        from rmnet.deploy.embedder import OnnxRuntimeBackend, OpenVINOBackend, runtime_available
 
         onnx_tmp = stage / f"{name}.onnx"
         onnx.save(model, str(onnx_tmp))
@@ -751,7 +751,7 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
 
 
 def _move_in(src: Path, dst: Path) -> None:
-    """Move a finished file onto ``dst`` atomically (fsynced, via ``rmnet.io.atomic_path``)."""
+    """Move a finished file onto ``dst`` atomically (fsynced, via ``rmnet.atomic.atomic_path``)."""
     with atomic_path(dst) as tmp:
         os.replace(src, tmp)
 

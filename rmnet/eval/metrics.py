@@ -46,7 +46,7 @@ query has ``n`` true matches, the k-th of them (k = 1..n) at position ``r_k`` (r
 
 Distances: ``cosine_distance`` (``1 - cos``, in [0, 2]) and ``euclidean_distance`` (plain, or
 squared with ``squared=True``; the squared form is what torchreid ranks with and what the
-re-ranking of ``rmnet.rerank`` starts from). On L2-normalised features all of them rank the
+re-ranking of ``rmnet.eval.rerank`` starts from). On L2-normalised features all of them rank the
 gallery in the same order, but rounding may break ties differently.
 """
 from __future__ import annotations

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rmnet.caffelog import CaffeLog
-from rmnet.io import atomic_path
+from rmnet.train.log import CaffeLog
+from rmnet.atomic import atomic_path
 
 
 def plot_training(log: CaffeLog, out: Path, title: str = "") -> None:

@@ -1,7 +1,7 @@
 """Descriptor extraction with pycaffe and the HDF5 features file, shared by the evaluation,
 demos and benchmarks.
 
-Extraction (``extract``): every image is loaded with ``rmnet.images.load_bgr`` (corrupt or
+Extraction (``extract``): every image is loaded with ``rmnet.data.images.load_bgr`` (corrupt or
 truncated files raise ``ImageError`` naming the file), resized bilinearly to the net's input
 size (taken from the deploy prototxt's Input layer) and fed as raw BGR 0..255 float32 NCHW, as
 the nets were trained. The descriptor is the output blob (the net's last output unless named),
@@ -43,10 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.caffemodel import WeightsError, check_fit, sha256_file  # noqa: F401 (re-exported)
-from rmnet.images import ImageError, load_bgr, resize_to, to_blob
-from rmnet.io import atomic_path
-from rmnet.metrics import l2_normalize
+from rmnet.caffe.caffemodel import WeightsError, check_fit, sha256_file  # noqa: F401 (re-exported)
+from rmnet.data.images import ImageError, load_bgr, resize_to, to_blob
+from rmnet.atomic import atomic_path
+from rmnet.eval.metrics import l2_normalize
 
 GROUPS = ("query", "gallery")
 DATASETS = ("features", "pids", "camids", "paths")
@@ -171,7 +171,7 @@ def extract(net, paths: Sequence[str | os.PathLike], batch: int = 32, flip: bool
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     paths = list(paths)
-    if hasattr(net, "backend"):       # an rmnet.embed.Embedder: ONNX Runtime, OpenVINO, ...
+    if hasattr(net, "backend"):       # an rmnet.deploy.embedder.Embedder: ONNX Runtime, OpenVINO, ...
         if blob:
             raise ValueError("blob applies to pycaffe nets only")
         height, width = net.input_size
@@ -227,21 +227,21 @@ def extract_split_features(prototxt: str | os.PathLike, weights: str | os.PathLi
     """Query and gallery ``FeatureSet``s of a Market-1501-layout ``root`` (paths relative to
     it), extracted with the checked caffemodel (``load_net``) as in ``extract``.
 
-    ``runtime``: ``pycaffe`` (the reference), or any runtime of ``rmnet.embed`` (``auto``:
+    ``runtime``: ``pycaffe`` (the reference), or any runtime of ``rmnet.deploy.embedder`` (``auto``:
     the fastest installed; the model is exported once and checked against pycaffe).
 
-    ``dataset``: an already parsed ``rmnet.market.Dataset`` of ``root`` (else it is parsed;
+    ``dataset``: an already parsed ``rmnet.data.market.Dataset`` of ``root`` (else it is parsed;
     ``DatasetError`` for a bad root). ``FeatureSet.seconds`` holds each split's wall time.
     """
     import caffe
 
-    from rmnet.market import load_market, pids_camids
+    from rmnet.data.market import load_market, pids_camids
 
     ds = dataset if dataset is not None else load_market(root)
     caffe.set_mode_cpu()
     net = load_net(prototxt, weights)
     if runtime != "pycaffe":
-        from rmnet.embed import Embedder
+        from rmnet.deploy.embedder import Embedder
         net = Embedder.load([prototxt, weights], runtime=runtime)
     out = []
     for split in ("query", "gallery"):

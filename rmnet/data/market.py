@@ -35,7 +35,7 @@ Decisions (documented in the README):
 - A split with no images is an error.
 
 Only names are read here, never pixels: a corrupt image is found when it is loaded
-(``rmnet.images.load_bgr``).
+(``rmnet.data.images.load_bgr``).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.images import is_image_name
+from rmnet.data.images import is_image_name
 
 # split name -> folder name
 SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}

@@ -5,7 +5,7 @@ training, feature extraction, evaluation) needs real JPEG files in the real layo
 tested end to end. This module draws one:
 
 - the three folders ``bounding_box_train/``, ``bounding_box_test/``, ``query/`` with official
-  Market-1501 names ``PPPP_cCsS_FFFFFF_NN.jpg`` (``rmnet.market`` parses them like the real ones);
+  Market-1501 names ``PPPP_cCsS_FFFFFF_NN.jpg`` (``rmnet.data.market`` parses them like the real ones);
 - train and test identities disjoint, pids drawn from 1..1501 like Market's (more if needed);
 - 6 cameras; every identity is seen by 2..6 of them;
 - each test identity has ``queries_per_id`` query images on distinct cameras and
@@ -35,7 +35,7 @@ build). The dataset is built in a temporary folder next to ``out`` and renamed i
 non-empty ``out`` is refused unless ``overwrite`` (``--force``). A ``synthetic.json`` in the root
 records the arguments and the counts.
 
-    python -m rmnet.synthetic --out data/synthetic --train-ids 48 --test-ids 48 --seed 0
+    python -m rmnet.data.synthetic --out data/synthetic --train-ids 48 --test-ids 48 --seed 0
 """
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rmnet.io import atomic_dir
-from rmnet.market import SPLITS
+from rmnet.atomic import atomic_dir
+from rmnet.data.market import SPLITS
 
 VERSION = 1
 MARKET_CAMERAS = 6
@@ -542,7 +542,7 @@ def generate(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(),
         for item in plan.items:
             (tmp / SPLITS[item.split] / item.name).write_bytes(encode_item(plan, item))
         counts = {s: sum(it.split == s for it in plan.items) for s in SPLITS}
-        meta = {"generator": "rmnet.synthetic", "version": VERSION, "config": asdict(cfg),
+        meta = {"generator": "rmnet.data.synthetic", "version": VERSION, "config": asdict(cfg),
                 "counts": counts, "train_pids": plan.train_pids, "test_pids": plan.test_pids}
         (tmp / "synthetic.json").write_text(json.dumps(meta, indent=1) + "\n")
     return Summary(out, counts, cfg.train_ids, cfg.test_ids, cfg.n_junk, cfg.n_distractors,
@@ -552,7 +552,7 @@ def generate(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(),
 def main(argv: list[str] | None = None) -> int:
     d = SyntheticConfig()
     ap = argparse.ArgumentParser(
-        prog="python -m rmnet.synthetic",
+        prog="python -m rmnet.data.synthetic",
         description="Write a small seeded Market-1501-shaped dataset of drawn pedestrians.")
     ap.add_argument("--out", type=Path, required=True, help="dataset root to create")
     ap.add_argument("--train-ids", type=int, default=d.train_ids)
@@ -577,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
                               height=a.height, width=a.width, seed=a.seed)
         summary = generate(a.out, cfg, overwrite=a.force)
     except (ValueError, FileExistsError) as e:
-        print(f"rmnet.synthetic: {e}", file=sys.stderr)
+        print(f"rmnet.data.synthetic: {e}", file=sys.stderr)
         return 2
     print(summary)
     return 0

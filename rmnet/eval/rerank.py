@@ -52,7 +52,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rmnet.metrics import l2_normalize
+from rmnet.eval.metrics import l2_normalize
 
 # Rows of the distance matrix held at once (chunk x N float32: 92 MB at N = 23,100).
 _ROW_CHUNK = 1024

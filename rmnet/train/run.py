@@ -20,11 +20,11 @@ from typing import Callable
 
 import numpy as np
 
-from rmnet.caffemodel import WeightsError, check_fit, read_caffemodel
-from rmnet.io import atomic_path
-from rmnet.weights import TransferReport, copy_by_name, msra, orthogonal
+from rmnet.caffe.caffemodel import WeightsError, check_fit, read_caffemodel
+from rmnet.atomic import atomic_path
+from rmnet.train.init import TransferReport, copy_by_name, msra, orthogonal
 
-REPO = Path(__file__).resolve().parent.parent
+from rmnet.paths import REPO  # noqa: E402
 
 
 class TrainingError(RuntimeError):
@@ -162,7 +162,7 @@ def calibrate_batchnorm(deploy: str | os.PathLike, weights: str | os.PathLike,
     network, measured fairly."""
     import caffe
 
-    from rmnet.images import load_blob
+    from rmnet.data.images import load_blob
 
     net = caffe.Net(str(deploy), caffe.TRAIN, weights=str(weights))
     for layer in net.layers:
@@ -203,7 +203,7 @@ def prepare_run(variant: str, data: Path, run_dir: Path, iters: int | None,
                 log: Callable[[str], None] = print) -> dict:
     """Render the variant for ``data`` into ``run_dir``; returns write_run's paths."""
     from generator import load_variant, write_run
-    from rmnet.market import load_market
+    from rmnet.data.market import load_market
 
     ds = load_market(data)
     overrides: dict = {"num_classes": ds.num_train_ids, "data": {"root": str(data.resolve())}}
@@ -249,7 +249,7 @@ def inspect_solver(solver: str | os.PathLike, cwd: str | os.PathLike = ".") -> S
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
 
-    from rmnet.market import DatasetError, load_market
+    from rmnet.data.market import DatasetError, load_market
 
     cwd = Path(cwd)
     path = Path(solver)
@@ -430,7 +430,7 @@ def newest_usable_snapshot(prefix: str | os.PathLike,
 
 
 def train_images(root: str | os.PathLike) -> list[str]:
-    from rmnet.market import load_market
+    from rmnet.data.market import load_market
 
     return [str(r.path) for r in load_market(root).train]
 

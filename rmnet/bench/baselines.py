@@ -23,7 +23,7 @@ need its own templates and schema, so a short emitter here is the cleaner choice
 The text is built as a ``caffe_pb2.NetParameter`` and re-parsed with ``text_format`` before it is
 returned, so Caffe accepts it by construction.
 
-    python -m rmnet.baselines --out prototxt_resnet50.prototxt [--height 384 --width 128]
+    python -m rmnet.bench.baselines --out prototxt_resnet50.prototxt [--height 384 --width 128]
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rmnet.io import atomic_write_text
+from rmnet.atomic import atomic_write_text
 
 STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))   # (squeeze width, blocks); out = 4 x squeeze
 EMBEDDING = 256
@@ -39,7 +39,7 @@ EMBEDDING = 256
 
 def resnet50_net(height: int = 384, width: int = 128, embedding: int = EMBEDDING):
     """The ResNet-50 re-ID deploy net as a ``caffe_pb2.NetParameter``."""
-    from rmnet.export import _caffe_pb2
+    from rmnet.deploy.export import _caffe_pb2
 
     pb2 = _caffe_pb2()
     if height % 32 or width % 32:
@@ -100,10 +100,10 @@ def resnet50_prototxt(height: int = 384, width: int = 128, embedding: int = EMBE
     """Prototxt text of ``resnet50_net``, re-parsed by Caffe's NetParameter as a check."""
     from google.protobuf import text_format
 
-    from rmnet.export import _caffe_pb2
+    from rmnet.deploy.export import _caffe_pb2
 
     net = resnet50_net(height, width, embedding)
-    text = (f"# ResNet-50 re-ID baseline (rmnet.baselines), {height}x{width} raw BGR input, "
+    text = (f"# ResNet-50 re-ID baseline (rmnet.bench.baselines), {height}x{width} raw BGR input, "
             f"{embedding}-d output 'embedding'. Generated; do not edit by hand.\n"
             + text_format.MessageToString(net))
     check = _caffe_pb2().NetParameter()
@@ -120,7 +120,7 @@ def write_resnet50(out: str | Path, height: int = 384, width: int = 128,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rmnet.baselines",
+    ap = argparse.ArgumentParser(prog="python -m rmnet.bench.baselines",
                                  description="Write the ResNet-50 re-ID baseline deploy prototxt.")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--height", type=int, default=384)

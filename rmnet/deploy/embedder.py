@@ -3,7 +3,7 @@
 For tracking pipelines and evaluation: load a model once, embed batches of BGR crops of any size,
 compare by cosine.
 
-    from rmnet.embed import Embedder, search
+    from rmnet.deploy.embedder import Embedder, search
     emb = Embedder.load(["prototxt/light/deploy.prototxt", "model.caffemodel"])   # runtime="auto"
     feats = emb.embed(crops)                 # list of uint8 BGR (h, w, 3) crops -> (N, 256) float32
     idx, sims = search(feats[:5], feats, k=10)
@@ -12,7 +12,7 @@ compare by cosine.
 What can be loaded (``Embedder.load(path_or_paths, runtime=...)``):
 
 - a Caffe deploy prototxt + caffemodel (two paths, any order): every runtime. For ``openvino``
-  and ``onnxruntime`` the model is exported first (``rmnet.export``, verified against pycaffe on
+  and ``onnxruntime`` the model is exported first (``rmnet.deploy.export``, verified against pycaffe on
   synthetic crops) into a cache folder ``.rmnet-export/<caffemodel stem>-<hash>/`` next to the
   caffemodel (``cache_dir=`` to put it elsewhere). The hash covers both files, so a changed model
   is exported again and a cached export is never stale. We chose auto-export over "require
@@ -29,7 +29,7 @@ naming it.
 Preprocessing is the nets' own: raw BGR 0..255, resized with ``cv2.INTER_LINEAR`` to the model's
 input height x width (read from the model), no mean or scale (the net normalises its input).
 
-Backends (also used by rmnet.export's checks and tools/benchmark.py) share one method,
+Backends (also used by rmnet.deploy.export's checks and tools/benchmark.py) share one method,
 ``infer(blob) -> (N, D) float32``: the raw output for a float32 (N, 3, H, W) blob.
 """
 from __future__ import annotations
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.images import load_bgr, resize_to, to_blob
-from rmnet.metrics import l2_normalize
+from rmnet.data.images import load_bgr, resize_to, to_blob
+from rmnet.eval.metrics import l2_normalize
 
 RUNTIMES = ("openvino", "onnxruntime", "opencv", "pycaffe")   # auto order: fastest first
 CACHE_DIRNAME = ".rmnet-export"
@@ -90,9 +90,9 @@ class PycaffeBackend(Backend):
     runtime = "pycaffe"
 
     def __init__(self, prototxt: str | os.PathLike, weights: str | os.PathLike):
-        from rmnet.export import _import_caffe
+        from rmnet.deploy.export import _import_caffe
 
-        from rmnet.features import check_weights, output_blob
+        from rmnet.eval.features import check_weights, output_blob
 
         caffe = _import_caffe()
         self.net = caffe.Net(str(prototxt), caffe.TEST)
@@ -122,7 +122,7 @@ class OpenCVBackend(Backend):
         import cv2
 
         if weights is not None:
-            from rmnet.export import load_graph
+            from rmnet.deploy.export import load_graph
             # The graph check refuses a caffemodel that does not fit, naming the layer (OpenCV
             # would load it anyway and keep whatever it could not match).
             graph = load_graph(model, weights)
@@ -260,8 +260,8 @@ def _runs(runtime: str, kinds: dict[str, Path]) -> bool:
 def _export_cache(prototxt: Path, weights: Path, cache_dir: str | os.PathLike | None,
                   openvino: bool) -> tuple[Path, Path | None]:
     """The exported .onnx (and .xml) of a Caffe model, exported and verified on first use."""
-    from rmnet.caffemodel import sha256_file
-    from rmnet.export import export
+    from rmnet.caffe.caffemodel import sha256_file
+    from rmnet.deploy.export import export
 
     h = hashlib.sha256("".join(sha256_file(p) for p in (prototxt, weights)).encode())
     folder = Path(cache_dir) if cache_dir else weights.parent / CACHE_DIRNAME
@@ -377,7 +377,7 @@ class Embedder:
                     workers: int = 2) -> np.ndarray:
         """Descriptors of image files, in order; decoding runs in threads ahead of inference.
 
-        Unreadable files raise ``rmnet.images.ImageError`` naming the file.
+        Unreadable files raise ``rmnet.data.images.ImageError`` naming the file.
         """
         paths = list(paths)
         h, w = self.input_size

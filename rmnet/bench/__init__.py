@@ -1,0 +1,1 @@
+"""What the benchmarks share: the timing harness and the ResNet-50 baseline."""

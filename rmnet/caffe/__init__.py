@@ -1,0 +1,1 @@
+"""Caffe's files and pycaffe: the one place that imports caffe."""

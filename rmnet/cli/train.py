@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Train RMNet with the real `caffe train` command, after checking everything it will need.
+
+    # the paper's full settings on a Market-1501 folder (what `make train DATA=...` runs):
+    .venv/bin/python tools/train.py --data /data/Market-1501-v15.09.15
+    # another variant / Table 2 row, a shorter schedule, a pre-trained backbone:
+    .venv/bin/python tools/train.py --data DIR --variant t2_5_push --iters 20000
+    .venv/bin/python tools/train.py --data DIR --from backbone.caffemodel
+    # continue the run in --run-dir from its newest snapshot:
+    .venv/bin/python tools/train.py --data DIR --resume
+    # a committed solver as it is (paths relative to the repo root):
+    .venv/bin/python tools/train.py --solver solvers/market.prototxt
+
+With --data, the variant's nets and solver are rendered into the run folder (default
+``runs/<variant>``) for that dataset (its number of training identities becomes the class
+count), an initial caffemodel is written (orthogonal + MSRA, paper V.ii; ``--from`` copies a
+pre-trained backbone by layer name), and `caffe train` runs with its log in the run folder and a
+progress line every few seconds. With ``--iters N`` the paper's schedule is scaled to N
+iterations (lr x0.1 at 1/3 and 2/3, dropout off at 2/3).
+
+Before Caffe starts: a missing solver or net, a dataset folder that is not in the Market-1501
+layout, a snapshot folder that does not exist, or a caffemodel whose layers do not fit the net
+stop with one message. A NaN loss stops training with the iteration and the layer; the
+snapshots written before it stay as they are.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rmnet.paths import REPO  # noqa: E402
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+from rmnet.train.run import (TrainingError, check_weights_fit, init_weights,  # noqa: E402
+                            inspect_solver, newest_usable_snapshot, prepare_run,
+                            run_caffe_train)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="Market-1501-layout dataset folder")
+    src.add_argument("--solver", type=Path, help="an existing solver (e.g. solvers/market.prototxt)")
+    ap.add_argument("--variant", default="light", help="with --data (default: %(default)s)")
+    ap.add_argument("--run-dir", type=Path, help="with --data (default: runs/<variant>)")
+    ap.add_argument("--iters", type=int, help="with --data: scale the schedule to N iterations")
+    ap.add_argument("--batch-size", type=int, help="with --data: images per batch")
+    ap.add_argument("--weights", type=Path, help="start from this caffemodel")
+    ap.add_argument("--from", dest="source", type=Path,
+                    help="with --data: initialise, then copy matching layers from this caffemodel")
+    ap.add_argument("--snapshot", type=Path, help="resume from this .solverstate")
+    ap.add_argument("--resume", action="store_true", help="resume from the newest snapshot")
+    ap.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    args = ap.parse_args(argv)
+    if args.iters is not None and args.iters < 1:
+        ap.error("--iters must be >= 1")
+    if sum(x is not None and x is not False for x in (args.weights, args.snapshot, args.source,
+                                                       args.resume or None)) > 1:
+        ap.error("give at most one of --weights, --from, --snapshot, --resume")
+    if args.solver is not None:
+        given = [f"--{name.replace('_', '-')}" for name in ("run_dir", "iters", "batch_size")
+                 if getattr(args, name) is not None]
+        given += ["--from"] if args.source else []
+        given += ["--variant"] if args.variant != "light" else []
+        if given:
+            ap.error(f"{', '.join(given)} apply with --data (a --solver is used as it is)")
+    # Caffe runs in another folder than this shell (the repo root with --solver): resolve now.
+    for name in ("weights", "snapshot", "source"):
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).resolve())
+    try:
+        if args.data is not None:
+            run_dir = (args.run_dir or REPO / "runs" / args.variant).resolve()
+            if args.resume and (run_dir / "solver.prototxt").is_file():
+                # Continue the run as it was rendered (same schedule), not as today's flags say.
+                solver, cwd = run_dir / "solver.prototxt", Path.cwd()
+                paths = {"solver": solver, "deploy": run_dir / "deploy.prototxt"}
+                print(f"train: continuing the run in {run_dir}")
+            else:
+                paths = prepare_run(args.variant, args.data, run_dir, args.iters,
+                                    args.batch_size)
+                solver, cwd = paths["solver"], Path.cwd()
+        else:
+            solver, cwd = args.solver, REPO
+        info = inspect_solver(solver, cwd)
+        snapshot = args.snapshot
+        if args.resume:
+            snapshot = newest_usable_snapshot(cwd / info.snapshot_prefix,
+                                              log=lambda m: print(f"train: {m}"))
+            if snapshot is None:
+                raise TrainingError(f"--resume: no usable snapshot under "
+                                    f"{info.snapshot_prefix}_iter_*")
+            print(f"train: resuming from {snapshot}")
+        weights = args.weights
+        if weights is None and snapshot is None and args.data is not None:
+            weights = Path(paths["solver"]).parent / "init.caffemodel"
+            init_weights(paths["deploy"], weights, seed=args.seed, source=args.source)
+        if weights is not None:
+            check_weights_fit(info.train_net, weights, phase="TRAIN")
+        if snapshot is not None and not Path(snapshot).is_file():
+            raise TrainingError(f"{snapshot}: no such .solverstate")
+        log = Path(solver).parent / "train.log" if args.data is not None else \
+            REPO / "runs" / (Path(solver).stem + ".log")
+        print(f"train: caffe train -solver {solver} (log: {log})")
+        run_caffe_train(solver, log, weights=str(weights) if weights else None,
+                        snapshot=str(snapshot) if snapshot else None, cwd=cwd,
+                        max_iter=info.max_iter, append=snapshot is not None)
+        print(f"train: done; snapshots: {info.snapshot_prefix}_iter_*.caffemodel")
+        return 0
+    except TrainingError as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:   # DatasetError, ConfigError, ...: one line, not a traceback
+        from generator import ConfigError
+        from rmnet.data.market import DatasetError
+        if isinstance(e, (DatasetError, ConfigError)):
+            print(f"train: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Deployment: ONNX and OpenVINO export, the embedding API, runtime profiling."""

@@ -1,0 +1,1 @@
+"""Evaluation: descriptors, the features file, re-id metrics, re-ranking."""

@@ -1,0 +1,1 @@
+"""Training with `caffe train`: run folders, initial weights, log parsing, plots."""
