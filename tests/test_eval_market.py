@@ -3,7 +3,6 @@ of the light deploy net, extracted with pycaffe, cached, re-scored, and fed bad 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import shutil
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from rmnet.eval.features import read_features
+from rmnet.cli import eval_market
 from rmnet.eval.metrics import compute_distance, ranked_gallery
 from tests.conftest import REPO
 
@@ -24,15 +24,7 @@ PROTOTXT = REPO / "prototxt" / "light" / "deploy.prototxt"
 N_QUERY = 10          # 5 test ids x 2 queries
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("eval_market_tool",
-                                                  REPO / "tools" / "eval_market.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-TOOL = _load_tool()
+TOOL = eval_market
 
 
 def run_tool(*args) -> tuple[int, str, str]:
@@ -99,13 +91,14 @@ def test_json_keys_and_ranges(first_run):
 
 def test_cache_is_reused_without_extracting(first_run, work, data, weights, monkeypatch):
     cache, res, _, _ = first_run
-    import rmnet.eval.features
+    import rmnet.eval.descriptors
 
     def boom(*a, **k):
         raise AssertionError("extract() called although the cache matches")
 
-    monkeypatch.setattr(rmnet.eval.features, "extract", boom)
-    monkeypatch.setattr(TOOL, "extract_split_features", boom)
+    monkeypatch.setattr(rmnet.eval.descriptors, "extract", boom)
+    monkeypatch.setattr(TOOL, "describe", boom)
+    monkeypatch.setattr(TOOL, "PycaffeBackend", boom)
     out = work / "second.json"
     code, _, stderr = run_tool("--prototxt", PROTOTXT, "--weights", weights, "--data", data,
                                "--cache", cache, "--json", out)

@@ -8,7 +8,6 @@ the comparisons are recomputed independently of the exporter's own check where i
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -16,9 +15,10 @@ import numpy as np
 import pytest
 
 from rmnet.bench.baselines import resnet50_prototxt
-from rmnet.deploy.embedder import Embedder, OnnxRuntimeBackend, OpenVINOBackend, search
-from rmnet.deploy.export import (ExportCheckError, ExportError, export, load_graph, random_caffemodel,
-                          synthetic_crops)
+from rmnet.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend
+from rmnet.deploy.embedder import Embedder, search
+from rmnet.deploy.export import ExportCheckError, export, random_caffemodel, synthetic_crops
+from rmnet.deploy.graph import ExportError, load_graph
 
 REPO = Path(__file__).resolve().parent.parent
 LIGHT = REPO / "prototxt" / "light" / "deploy.prototxt"
@@ -173,7 +173,7 @@ def test_resnet50_baseline(work, caffe):
     from google.protobuf import text_format
 
     from caffe.proto import caffe_pb2
-    from rmnet.cli.model_stats import conv_macs, count_params
+    from rmnet.deploy.graph import conv_macs, count_params
 
     text = resnet50_prototxt()
     net = caffe_pb2.NetParameter()

@@ -11,6 +11,7 @@ from google.protobuf import text_format
 from tests.conftest import REPO
 
 from rmnet.cli import model_stats
+from rmnet.deploy.graph import conv_macs, count_params
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_counting_rules_by_hand(caffe, tmp_path):
     net = caffe.Net(str(path), caffe.TEST)
     param = text_format.Parse(TINY, caffe_pb2.NetParameter())
     sizes = {k: [b.data.size for b in v] for k, v in net.params.items()}
-    counts = model_stats.count_params(param, sizes)
+    counts = count_params(param, sizes)
     # raw: in BN 3+3+1, in Scale 3+3; c1 4*3*9=108, BN 4+4+1, Scale 4+4;
     #      dw 4*1*9=36 + bias 4, BN 9, Scale 8; cal 4+4
     assert counts["params_raw"] == (7 + 6) + (108 + 9 + 8) + (36 + 4 + 9 + 8) + 8 == 203
@@ -79,7 +80,7 @@ def test_counting_rules_by_hand(caffe, tmp_path):
     assert counts["params_folded"] == 6 + (108 + 4) + (40 + 0) + 8 == 166
     shapes = {k: tuple(v.data.shape) for k, v in net.blobs.items()}
     # c1: 4 out x 5x5 x (3 in x 9); dw: 4 out x 3x3 x (1 in x 9)
-    assert model_stats.conv_macs(param, shapes) == 4 * 25 * 27 + 4 * 9 * 9 == 3024
+    assert conv_macs(param, shapes) == 4 * 25 * 27 + 4 * 9 * 9 == 3024
 
 
 def test_a_batchnorm_without_its_scale_is_an_error():
@@ -90,7 +91,7 @@ def test_a_batchnorm_without_its_scale_is_an_error():
                         'scale_param { bias_term: true } }', "")
     param = text_format.Parse(text, caffe_pb2.NetParameter())
     with pytest.raises(ValueError, match="dw/bn"):
-        model_stats.count_params(param, {"in/bn": [3, 3, 1], "in/scale": [3, 3], "c1": [108],
+        count_params(param, {"in/bn": [3, 3, 1], "in/scale": [3, 3], "c1": [108],
                                          "c1/bn": [4, 4, 1], "c1/scale": [4, 4], "dw": [36, 4],
                                          "dw/bn": [4, 4, 1]})
 

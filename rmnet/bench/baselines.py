@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 from rmnet.atomic import atomic_write_text
+from rmnet.caffe.protos import caffe_pb2, net_text, parse_net
 
 STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))   # (squeeze width, blocks); out = 4 x squeeze
 EMBEDDING = 256
@@ -39,9 +40,7 @@ EMBEDDING = 256
 
 def resnet50_net(height: int = 384, width: int = 128, embedding: int = EMBEDDING):
     """The ResNet-50 re-ID deploy net as a ``caffe_pb2.NetParameter``."""
-    from rmnet.deploy.export import _caffe_pb2
-
-    pb2 = _caffe_pb2()
+    pb2 = caffe_pb2()
     if height % 32 or width % 32:
         raise ValueError(f"ResNet-50 input must be a multiple of 32 on each side (five "
                          f"halvings), got {height}x{width}")
@@ -98,16 +97,11 @@ def resnet50_net(height: int = 384, width: int = 128, embedding: int = EMBEDDING
 
 def resnet50_prototxt(height: int = 384, width: int = 128, embedding: int = EMBEDDING) -> str:
     """Prototxt text of ``resnet50_net``, re-parsed by Caffe's NetParameter as a check."""
-    from google.protobuf import text_format
-
-    from rmnet.deploy.export import _caffe_pb2
-
     net = resnet50_net(height, width, embedding)
     text = (f"# ResNet-50 re-ID baseline (rmnet.bench.baselines), {height}x{width} raw BGR input, "
             f"{embedding}-d output 'embedding'. Generated; do not edit by hand.\n"
-            + text_format.MessageToString(net))
-    check = _caffe_pb2().NetParameter()
-    text_format.Parse(text, check)
+            + net_text(net))
+    check = parse_net(text, "the ResNet-50 baseline")
     if check != net:   # pragma: no cover - a protobuf round-trip bug
         raise RuntimeError("ResNet-50 prototxt does not round-trip through text_format")
     return text

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rmnet.caffe.protos import caffe_pb2
+
 BlobInfo = tuple[tuple[int, ...], bool, int]   # (shape, stored in the legacy 4-D form, values)
 
 
@@ -28,12 +30,10 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def _parse(path: str | os.PathLike):
-    from caffe.proto import caffe_pb2
-
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such caffemodel")
-    net = caffe_pb2.NetParameter()
+    net = caffe_pb2().NetParameter()
     try:
         net.ParseFromString(path.read_bytes())
     except Exception as e:   # protobuf's DecodeError, or a message type mismatch

@@ -19,7 +19,6 @@ import argparse
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 

@@ -47,7 +47,9 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 import numpy as np  # noqa: E402
 
-from rmnet.train.run import load_net, without_data_layer  # noqa: E402
+from rmnet.caffe.protos import caffe_pb2, parse_net  # noqa: E402
+from rmnet.caffe.pycaffe import net_from_param  # noqa: E402
+from rmnet.train.run import without_data_layer  # noqa: E402
 
 from rmnet.paths import REPO  # noqa: E402
 LOSS_LAYERS = ("loss/am_softmax", "loss/local")
@@ -70,16 +72,11 @@ layer { name: "loss/local" type: "Python"
 """
 
 
-def parse_net(text: str):
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-    return text_format.Parse(text, caffe_pb2.NetParameter())
 
 
 def loss_net_param(train: Path, batch: int, dim: int, classes: int):
     """NetParameter: Input blobs + the two loss layers (from the train net when it exists)."""
-    from caffe.proto import caffe_pb2
-    net = caffe_pb2.NetParameter(name="bench_losses", force_backward=True)
+    net = caffe_pb2().NetParameter(name="bench_losses", force_backward=True)
     inp = net.layer.add(name="input", type="Input")
     for top, shape in (("embedding_calibrated", [batch, dim, 1, 1]),
                        ("embedding", [batch, dim, 1, 1]), ("label", [batch]),
@@ -113,7 +110,7 @@ def median_time(fn, repeats: int) -> float:
 
 def bench_losses(caffe, args) -> dict[str, tuple[float, float]]:
     net_param, source = loss_net_param(args.train, args.batch, args.dim, args.classes)
-    net = load_net(net_param, "TRAIN")
+    net = net_from_param(net_param, "TRAIN")
     rng = np.random.default_rng(0)
     per_id = args.images_per_id
     ids = rng.choice(args.classes, size=-(-args.batch // per_id), replace=False)
@@ -145,7 +142,7 @@ def bench_rmnet(caffe, args) -> float | None:
         raise SystemExit(f"{args.deploy}: expected one Input layer, found {len(inputs)}")
     inputs[0].input_param.shape[0].dim[0] = args.batch
     net_param.force_backward = True
-    net = load_net(net_param, "TRAIN")
+    net = net_from_param(net_param, "TRAIN")
     rng = np.random.default_rng(0)
     data = inputs[0].top[0]
     net.blobs[data].data[...] = rng.uniform(0, 255, net.blobs[data].data.shape)
@@ -228,7 +225,7 @@ def bench_dropout_cost(caffe, args) -> tuple[float, float]:
                            ("scheduled Python dropout", {"switch_off_iter": 100000})):
         net_param = render("light", "train", overrides={
             "dropout": dropout, "data": {"batch_size": args.dropout_batch}}).net
-        net = load_net(without_data_layer(net_param, drop_feedback=True), "TRAIN")
+        net = net_from_param(without_data_layer(net_param, drop_feedback=True), "TRAIN")
         n = args.dropout_batch
         net.blobs["data"].data[...] = rng.uniform(0, 255, net.blobs["data"].data.shape)
         net.blobs["label"].data[...] = np.repeat(np.arange(n // 4 + 1), 4)[:n]

@@ -33,7 +33,7 @@ SGEMM rate is measured in the same run: numpy's float32 2048x2048 matmul (OpenBL
 load change during the run shows), and the load average at start and end is recorded.
 
 Table columns: GFLOPs = 2 x convolution multiply-adds (the paper's convention, from
-tools/model_stats.py's counting), MParams with BatchNorm/Scale folded into the convolutions;
+rmnet.deploy.graph's counting), MParams with BatchNorm/Scale folded into the convolutions;
 per runtime the median images/s and the speed-up over ResNet-50 in the same runtime and batch;
 ``%SGEMM`` = images/s / (SGEMM GFLOP/s / model GFLOPs) of the model's best runtime, i.e. how much
 of the throughput a model running at the machine's matrix-multiply rate would reach.
@@ -50,11 +50,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +59,14 @@ import numpy as np
 from rmnet.paths import REPO  # noqa: E402
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from rmnet.deploy.embedder import (OnnxRuntimeBackend, OpenCVBackend, OpenVINOBackend,  # noqa: E402
-                         PycaffeBackend, runtime_available)
-from rmnet.deploy.export import (check_images, export, load_graph, random_caffemodel,  # noqa: E402
-                          read_prototxt)
 from rmnet.atomic import atomic_path, atomic_write_text  # noqa: E402
+from rmnet.bench.timing import (Timer, async_timer, measure_sgemm, run_interleaved,  # noqa: E402
+                                spread, sync_timer)
+from rmnet.caffe.protos import read_net  # noqa: E402
+from rmnet.deploy.backends import (OnnxRuntimeBackend, OpenCVBackend, OpenVINOBackend,  # noqa: E402
+                                   PycaffeBackend, runtime_available)
+from rmnet.deploy.export import check_images, export, random_caffemodel  # noqa: E402
+from rmnet.deploy.graph import conv_macs, count_params, load_graph  # noqa: E402
 
 MODELS = ("light", "strong", "resnet50")
 BASELINE = "resnet50"
@@ -79,120 +79,12 @@ TARGET_SPEEDUP = 20.0
 TARGET_SGEMM = 0.5
 
 
-# --- measurements ------------------------------------------------------------------------------
-
-def spread(values: list[float]) -> dict:
-    """Median, min, max and quartiles of repeated measurements."""
-    v = sorted(values)
-    q1, _, q3 = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else (v[0],) * 3
-    return {"median": statistics.median(v), "min": v[0], "max": v[-1], "q1": q1, "q3": q3,
-            "repeats": values}
-
-
-class Timer:
-    """One thing to time: ``run(n)`` performs n units of work of ``batch`` images each."""
-
-    def __init__(self, label: str, run: Callable[[int], None], batch: int, min_units: int = 1):
-        self.label, self.run, self.batch, self.min_units = label, run, batch, min_units
-        self.units = min_units
-        self.rates: list[float] = []
-
-    def warm_up(self, warmup: int, min_time: float) -> None:
-        """At least ``warmup`` units and 0.2 s; then size a repeat to about ``min_time`` s."""
-        t0 = time.perf_counter()
-        done = 0
-        while done < max(warmup, self.min_units) or time.perf_counter() - t0 < 0.2:
-            self.run(self.min_units)
-            done += self.min_units
-        per_unit = (time.perf_counter() - t0) / done
-        self.units = max(self.min_units, round(min_time / max(per_unit, 1e-9)))
-
-    def repeat(self) -> float:
-        """One timed repeat; its images/s is recorded and returned."""
-        t = time.perf_counter()
-        self.run(self.units)
-        rate = self.units * self.batch / (time.perf_counter() - t)
-        self.rates.append(rate)
-        return rate
-
-    def stats(self) -> dict:
-        return {**spread(self.rates), "units_per_repeat": self.units}
-
-
-def sync_timer(label: str, backend, blob: np.ndarray) -> Timer:
-    """Synchronous calls of ``backend.infer`` on one batch."""
-    def run(n: int) -> None:
-        for _ in range(n):
-            backend.infer(blob)
-    return Timer(label, run, len(blob))
-
-
-def async_timer(label: str, backend: OpenVINOBackend, blob: np.ndarray) -> Timer:
-    """OpenVINO THROUGHPUT mode: an AsyncInferQueue with the plugin's optimal number of
-    requests, kept full; a unit is one batch, a repeat waits for all its units."""
-    import openvino as ov
-
-    model = backend.model.clone()
-    model.reshape([len(blob), 3, *backend.input_hw])
-    compiled = backend.core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT",
-                                                         "INFERENCE_PRECISION_HINT": "f32"})
-    n_req = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    queue = ov.AsyncInferQueue(compiled, n_req)
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            queue.start_async({0: blob})
-        queue.wait_all()
-    timer = Timer(label, run, len(blob), min_units=n_req)
-    timer.infer_requests = n_req
-    return timer
-
-
-def run_interleaved(timers: list[Timer], warmup: int, repeats: int, min_time: float,
-                    log: Callable[[str], None] = print) -> None:
-    """Warm every timer up, then time them round-robin: repeat r of every timer runs before
-    repeat r + 1 of any, so a load change on the machine hits all of them alike."""
-    for t in timers:
-        t.warm_up(warmup, min_time)
-    for r in range(repeats):
-        for t in timers:
-            t.repeat()
-        log(f"  repeat {r + 1}/{repeats}: " + ", ".join(
-            f"{t.label} {t.rates[-1]:.1f}" for t in timers[:3])
-            + (f", ... ({len(timers)} timers)" if len(timers) > 3 else ""))
-
-
-def measure_sgemm(repeats: int, size: int = 2048) -> dict:
-    """numpy float32 size x size matmul rate (OpenBLAS) in GFLOP/s."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((size, size), dtype=np.float32)
-    b = rng.standard_normal((size, size), dtype=np.float32)
-    a @ b   # warm-up: thread pool start, page faults
-    rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        rates.append(2 * size ** 3 / (time.perf_counter() - t) / 1e9)
-    out = {**spread(rates), "size": size}
-    try:
-        from threadpoolctl import threadpool_info
-        numpy_blas = [i for i in threadpool_info() if "numpy" in i.get("filepath", "")]
-        if numpy_blas:
-            out["blas"] = {k: numpy_blas[0].get(k) for k in
-                           ("internal_api", "version", "architecture", "num_threads")}
-    except ImportError:
-        pass
-    return out
-
-
 # --- models ------------------------------------------------------------------------------------
 
 def model_stats(prototxt: Path) -> dict:
-    """GFLOPs (2 x conv MACs) and folded parameter count, from tools/model_stats.py's counting."""
-    from rmnet.cli.model_stats import conv_macs, count_params
-
+    """GFLOPs (2 x conv MACs) and folded parameter count, from rmnet.deploy.graph's counting."""
     g = load_graph(prototxt, None)
-    net = read_prototxt(prototxt)
+    net = read_net(prototxt)
     macs = conv_macs(net, g.shapes)
     params = count_params(net, g.param_sizes)["params_folded"]
     return {"input": list(g.input_hw), "gflops": 2 * macs / 1e9, "mparams": params / 1e6}

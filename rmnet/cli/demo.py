@@ -42,13 +42,12 @@ DEFAULT_BATCH = 32
 
 def evaluate(deploy: Path, weights: Path, root: Path, desc: str) -> dict:
     """Rank-1/5/10/20, mAP (both conventions), mINP of a caffemodel on ``root``'s query/gallery."""
-    from rmnet.eval.features import extract_split_features
-    from rmnet.eval.metrics import compute_distance, evaluate_rank
+    from rmnet.data.market import load_market
+    from rmnet.deploy.backends import PycaffeBackend
+    from rmnet.eval.evaluate import evaluate as evaluate_dataset
 
-    q, g = extract_split_features(deploy, weights, root, desc=desc)
-    result = evaluate_rank(compute_distance(q.features, g.features, "cosine"),
-                           q.pids, g.pids, q.camids, g.camids)
-    return result.to_json()
+    return evaluate_dataset(PycaffeBackend(deploy, weights), load_market(root),
+                            desc=desc).result.to_json()
 
 
 def table(untrained: dict, trained: dict) -> str:

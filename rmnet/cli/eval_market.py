@@ -39,14 +39,18 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 import numpy as np  # noqa: E402
 
-from rmnet.paths import REPO  # noqa: E402
 
-from rmnet.eval.features import (FeatureSet, FeaturesFileError, WeightsError,  # noqa: E402
-                            extract_split_features, read_features, sha256_file, write_features)
-from rmnet.data.images import ImageError  # noqa: E402
 from rmnet.atomic import atomic_path, atomic_write_text  # noqa: E402
+from rmnet.caffe.caffemodel import WeightsError, sha256_file  # noqa: E402
+from rmnet.data.images import ImageError  # noqa: E402
 from rmnet.data.market import DatasetError, load_market, pids_camids  # noqa: E402
-from rmnet.eval.metrics import RankResult, compute_distance, evaluate_rank, ranked_gallery  # noqa: E402
+from rmnet.deploy.backends import PycaffeBackend, RuntimeUnavailable  # noqa: E402
+from rmnet.deploy.embedder import Embedder  # noqa: E402
+from rmnet.deploy.export import ExportCheckError  # noqa: E402
+from rmnet.eval.descriptors import describe  # noqa: E402
+from rmnet.eval.evaluate import Rerank, score  # noqa: E402
+from rmnet.eval.features import FeatureSet, FeaturesFileError, read_features, write_features  # noqa: E402
+from rmnet.eval.metrics import RankResult, ranked_gallery  # noqa: E402
 
 PROG = "eval_market"
 # Features-file attributes that must match for a cache to be reused.
@@ -104,10 +108,12 @@ def extract_dataset(args) -> tuple[FeatureSet, FeatureSet, dict]:
             return q, g, attrs
         log(f"stale features cache {args.cache}: {problem}; re-extracting")
 
-    q, g = extract_split_features(
-        args.prototxt, args.weights, ds.root, batch=args.batch, flip=args.flip, blob=args.blob,
-        max_aspect_change=args.max_aspect_change, progress=not args.no_progress, dataset=ds,
-        runtime=args.runtime)
+    if args.runtime == "pycaffe":
+        backend = PycaffeBackend(args.prototxt, args.weights, blob=args.blob)
+    else:   # exported once (checked against pycaffe) and cached next to the caffemodel
+        backend = Embedder.load([args.prototxt, args.weights], runtime=args.runtime).backend
+    q, g = describe(backend, ds, batch=args.batch, flip=args.flip,
+                    max_aspect_change=args.max_aspect_change, progress=not args.no_progress)
     total_images, total_time = len(q) + len(g), q.seconds + g.seconds
     rate = total_images / max(total_time, 1e-9)
     log(f"feature extraction: {total_images} images in {total_time:.1f} s, {rate:.1f} images/s"
@@ -122,17 +128,6 @@ def extract_dataset(args) -> tuple[FeatureSet, FeatureSet, dict]:
 
 
 # --- scoring ------------------------------------------------------------------------------------
-
-def score(q: FeatureSet, g: FeatureSet, args) -> tuple[np.ndarray, RankResult]:
-    if args.rerank:
-        from rmnet.eval.rerank import re_rank_features
-        metric = "cosine" if args.distance == "cosine" else "euclidean"
-        dist = re_rank_features(q.features, g.features, k1=args.k1, k2=args.k2,
-                                lambda_value=args.lambda_value, metric=metric)
-    else:
-        dist = compute_distance(q.features, g.features, args.distance)
-    return dist, evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank=args.max_rank)
-
 
 def results_table(res: RankResult, title: str) -> str:
     rows = [(f"rank-{r}", res.rank(r)) for r in (1, 5, 10, 20) if r <= res.max_rank]
@@ -283,10 +278,10 @@ def run(args) -> int:
         q, g, attrs = extract_dataset(args)
         source = str(args.weights)
     t = time.perf_counter()
-    dist, res = score(q, g, args)
+    rerank = Rerank(args.k1, args.k2, args.lambda_value) if args.rerank else None
+    dist, res = score(q, g, args.distance, rerank, args.max_rank)
     t_score = time.perf_counter() - t
-    rr = f"k-reciprocal re-ranking (k1 {args.k1}, k2 {args.k2}, lambda {args.lambda_value:g})" \
-        if args.rerank else "no re-ranking"
+    rr = rerank.describe() if rerank else "no re-ranking"
     flip = attrs.get("flip")
     title = (f"{source}: {len(q)} queries x {len(g)} gallery, "
              f"{q.features.shape[1]}-d{', flip' if flip in (1, True) else ''}, "
@@ -313,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (DatasetError, ImageError, WeightsError, FeaturesFileError, UsageError,
-            FileNotFoundError, ValueError) as e:
+            FileNotFoundError, ValueError, ExportCheckError, RuntimeUnavailable) as e:
         log(str(e))
         return 2
 

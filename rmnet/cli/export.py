@@ -22,10 +22,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from rmnet.paths import REPO  # noqa: E402
 
-from rmnet.deploy.export import (DEFAULT_TOLERANCE, ExportCheckError, ExportError,  # noqa: E402
-                          export)
+from rmnet.deploy.export import DEFAULT_TOLERANCE, ExportCheckError, export  # noqa: E402
+from rmnet.deploy.graph import ExportError  # noqa: E402
 from rmnet.data.images import ImageError  # noqa: E402
 
 

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 
-from rmnet.paths import REPO  # noqa: E402
 
 from rmnet.train.run import TrainingError, init_weights  # noqa: E402
 

@@ -26,78 +26,18 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 from generator import list_variants, render  # noqa: E402
 from generator.render import OUTPUTS  # noqa: E402
-
-
-def count_params(net_param, param_sizes: dict[str, list[int]]) -> dict[str, int]:
-    """Raw, BN/Scale-as-affine and BN/Scale-folded parameter counts of a NetParameter.
-
-    ``param_sizes``: layer name -> sizes of its parameter blobs (from caffe.Net)."""
-    layers = list(net_param.layer)
-    raw = affine = folded = 0
-    last_writer: dict[str, object] = {}   # blob -> the last layer that wrote it
-    paired_scales: set[str] = set()
-    for i, layer in enumerate(layers):
-        sizes = param_sizes.get(layer.name, [])
-        raw += sum(sizes)
-        if layer.type == "BatchNorm":
-            blob = layer.top[0]
-            nxt = layers[i + 1] if i + 1 < len(layers) else None
-            if not (nxt is not None and nxt.type == "Scale" and list(nxt.bottom) == [blob]):
-                raise ValueError(f"BatchNorm {layer.name!r} is not followed by its Scale")
-            channels = sizes[0]
-            paired_scales.add(nxt.name)
-            affine += 2 * channels
-            prev = last_writer.get(layer.bottom[0])
-            if prev is not None and prev.type == "Convolution" and layer.bottom[0] == blob:
-                # Folded into the convolution: its weights absorb the scale, one bias remains
-                # (already counted if the convolution has its own bias).
-                folded += 0 if prev.convolution_param.bias_term else channels
-            else:
-                folded += 2 * channels
-        elif layer.type == "Scale" and layer.name in paired_scales:
-            pass   # counted with its BatchNorm
-        else:
-            affine += sum(sizes)
-            folded += sum(sizes)
-        for top in layer.top:
-            last_writer[top] = layer
-    return {"params_raw": raw, "params_affine": affine, "params_folded": folded}
-
-
-def conv_macs(net_param, shapes: dict[str, tuple[int, ...]]) -> int:
-    """Multiply-accumulates of all Convolution layers, from the instantiated blob shapes."""
-    macs = 0
-    for layer in net_param.layer:
-        if layer.type != "Convolution":
-            continue
-        p = layer.convolution_param
-        n_in = shapes[layer.bottom[0]][1]
-        out = shapes[layer.top[0]]
-        k = list(p.kernel_size) or [p.kernel_h, p.kernel_w]
-        kh, kw = (k[0], k[0]) if len(k) == 1 else (k[0], k[1])
-        group = p.group or 1
-        out_elems = 1
-        for d in out[1:]:
-            out_elems *= d
-        macs += out_elems * (n_in // group) * kh * kw
-    return macs
+from rmnet.caffe.pycaffe import net_from_param  # noqa: E402
+from rmnet.deploy.graph import conv_macs, count_params  # noqa: E402
 
 
 def variant_stats(name: str, output: str | None = None) -> dict:
-    import caffe
-
-    caffe.set_mode_cpu()
     net = render(name, "deploy", deploy_output=output)
-    with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
-        f.write(net.text)
-        f.flush()
-        cnet = caffe.Net(f.name, caffe.TEST)
+    cnet = net_from_param(net.net)
     shapes = {k: tuple(v.data.shape) for k, v in cnet.blobs.items()}
     sizes = {k: [b.data.size for b in v] for k, v in cnet.params.items()}
     macs = conv_macs(net.net, shapes)

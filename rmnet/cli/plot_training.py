@@ -12,7 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from rmnet.paths import REPO  # noqa: E402
 
 from rmnet.train.log import read_caffe_log  # noqa: E402
 from rmnet.train.plots import plot_training as plot  # noqa: E402

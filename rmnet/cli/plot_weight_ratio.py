@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-from rmnet.paths import REPO  # noqa: E402
 
 from rmnet.train.filter_ratio import NORMS, conv_weights, filter_ratio  # noqa: E402
 from rmnet.atomic import atomic_path  # noqa: E402

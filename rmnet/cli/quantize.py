@@ -51,11 +51,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.paths import REPO  # noqa: E402
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from rmnet.deploy.embedder import Embedder, OpenVINOBackend  # noqa: E402
-from rmnet.deploy.export import ExportCheckError, ExportError, export, save_openvino  # noqa: E402
+from rmnet.deploy.backends import OpenVINOBackend  # noqa: E402
+from rmnet.deploy.export import ExportCheckError, export, save_openvino  # noqa: E402
+from rmnet.deploy.graph import ExportError  # noqa: E402
 from rmnet.atomic import atomic_write_text  # noqa: E402
 
 TARGET_SPEEDUP = 1.5
@@ -83,24 +83,25 @@ def calibration_blob(records, n: int, hw: tuple[int, int]) -> np.ndarray:
     return load_blob([records[i].path for i in picks], *hw)
 
 
+class CompiledBackend:
+    """An NNCF-compiled OpenVINO model as a backend (``infer``), one image at a time: the
+    model is compiled for the static batch 1 it was calibrated with."""
+
+    def __init__(self, compiled, hw: tuple[int, int]):
+        self.compiled, self.input_hw = compiled, hw
+
+    def infer(self, blob: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.asarray(self.compiled(blob[i:i + 1])[0]).reshape(1, -1)
+                               for i in range(len(blob))])
+
+
 def rank1_validator(ds, hw: tuple[int, int]):
     """``validation_fn(compiled_model, data) -> rank-1`` (fraction) on ``ds``'s query/gallery,
-    for NNCF's accuracy control; the images are decoded once."""
-    from rmnet.data.images import load_blob
-    from rmnet.data.market import pids_camids
-    from rmnet.eval.metrics import cosine_distance, evaluate_rank, l2_normalize
-
-    blob = load_blob([r.path for r in ds.query + ds.gallery], *hw)
-    q_pids, q_cams = pids_camids(ds.query)
-    g_pids, g_cams = pids_camids(ds.gallery)
-    nq = len(ds.query)
+    for NNCF's accuracy control (the one evaluation, ``rmnet.eval.evaluate``)."""
+    from rmnet.eval.evaluate import evaluate
 
     def validate(compiled, _data=None) -> float:
-        f = np.concatenate([np.asarray(compiled(blob[i:i + 1])[0]).reshape(1, -1)
-                            for i in range(len(blob))])
-        f = l2_normalize(f)
-        res = evaluate_rank(cosine_distance(f[:nq], f[nq:]), q_pids, g_pids, q_cams, g_cams)
-        return float(res.rank(1))
+        return float(evaluate(CompiledBackend(compiled, hw), ds, progress=False).result.rank(1))
     return validate
 
 
@@ -151,17 +152,13 @@ def quantize(fp32_path: Path, calib: np.ndarray, preset: str, fast_bias: bool = 
 
 def accuracy(backend: OpenVINOBackend, ds, batch: int) -> tuple[dict, np.ndarray]:
     """Market-1501 metrics of one model, and its (query + gallery) descriptors."""
-    from rmnet.data.market import pids_camids
-    from rmnet.eval.metrics import cosine_distance, evaluate_rank
+    from rmnet.eval.evaluate import evaluate
 
-    emb = Embedder(backend, batch_size=batch)
-    qf = emb.embed_paths([r.path for r in ds.query], batch=64)
-    gf = emb.embed_paths([r.path for r in ds.gallery], batch=64)
-    q_pids, q_cams = pids_camids(ds.query)
-    g_pids, g_cams = pids_camids(ds.gallery)
-    res = evaluate_rank(cosine_distance(qf, gf), q_pids, g_pids, q_cams, g_cams)
+    ev = evaluate(backend, ds, batch=batch, progress=False)
+    res = ev.result
     return ({"rank1": 100 * res.rank(1), "mAP": 100 * res.mAP,
-             "mAP_official": 100 * res.mAP_official}, np.concatenate([qf, gf]))
+             "mAP_official": 100 * res.mAP_official},
+            np.concatenate([ev.query.features, ev.gallery.features]))
 
 
 def speed(models: dict[str, Path], hw: tuple[int, int], batches: list[int], args
@@ -170,7 +167,7 @@ def speed(models: dict[str, Path], hw: tuple[int, int], batches: list[int], args
     1, timed interleaved (tools/benchmark.py's timers) so machine load affects FP32 and INT8
     alike. Keys: ``throughput_b<B>`` and ``latency_b1``."""
     from rmnet.deploy.export import check_images
-    from rmnet.cli.benchmark import async_timer, run_interleaved, sync_timer
+    from rmnet.bench.timing import async_timer, run_interleaved, sync_timer
 
     blob, _ = check_images(None, *hw, max(batches))
     timers = {}

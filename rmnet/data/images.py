@@ -142,3 +142,49 @@ def to_blob(images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
 def load_blob(paths: Iterable[str | os.PathLike], height: int, width: int) -> np.ndarray:
     """Load, resize to (height, width) and stack images: float32 (N, 3, height, width) BGR."""
     return to_blob([resize_to(load_bgr(p), height, width) for p in paths])
+
+
+def load_for_input(path: str | os.PathLike, height: int, width: int,
+                   max_aspect_change: float = 0.0) -> np.ndarray:
+    """One image as uint8 (height, width, 3) BGR for a net input of that size.
+
+    ``max_aspect_change``: refuse (``ImageError``) an image whose aspect ratio (height / width)
+    is more than this many times off the input's: a landscape picture or a strip is not a
+    pedestrian box and would silently give a meaningless descriptor. 0 resizes anything.
+    """
+    img = load_bgr(path)
+    h, w = img.shape[:2]
+    if max_aspect_change:
+        change = (h / w) / (height / width)
+        if not 1 / max_aspect_change <= change <= max_aspect_change:
+            raise ImageError(path, f"image is {w}x{h} (width x height), aspect ratio {h / w:.2f}; "
+                                   f"the net takes {width}x{height} ({height / width:.2f}), more "
+                                   f"than {max_aspect_change:g}x off: not a pedestrian box")
+    return resize_to(img, height, width)
+
+
+def iter_blobs(paths: Sequence[str | os.PathLike], batch: int, height: int, width: int,
+               max_aspect_change: float = 0.0, workers: int = 1):
+    """Yield ``(start, blob)`` for consecutive batches of ``paths`` as float32 (n, 3, H, W)
+    blobs (``load_for_input``); the next batch is decoded in ``workers`` threads while the
+    caller runs the net on the current one (OpenCV releases the GIL). An unusable image raises
+    its ``ImageError`` when its batch is reached."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    paths = list(paths)
+    starts = range(0, len(paths), batch)
+    if not starts:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        def submit(start: int) -> list:
+            return [pool.submit(load_for_input, p, height, width, max_aspect_change)
+                    for p in paths[start:start + batch]]
+
+        pending = submit(starts[0])
+        for i, start in enumerate(starts):
+            images = [f.result() for f in pending]
+            if i + 1 < len(starts):
+                pending = submit(starts[i + 1])
+            yield start, to_blob(images)

@@ -16,7 +16,6 @@ model on any machine.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rmnet.caffe.protos import caffe_pb2
+
 NORMS = ("l2", "max", "l1")
 
 
@@ -38,10 +40,8 @@ def filter_ratio(w: np.ndarray, norm: str = "l2") -> float:
 def conv_weights(caffemodel: str | Path) -> dict[str, np.ndarray]:
     """Weights of every Convolution layer in a caffemodel, in net order, read with caffe_pb2
     (no prototxt needed)."""
-    from caffe.proto import caffe_pb2  # Caffe's own schema
-
     path = Path(caffemodel)
-    net = caffe_pb2.NetParameter()
+    net = caffe_pb2().NetParameter()
     try:
         net.ParseFromString(path.read_bytes())
     except Exception as e:  # protobuf's DecodeError

@@ -21,6 +21,8 @@ from typing import Callable
 import numpy as np
 
 from rmnet.caffe.caffemodel import WeightsError, check_fit, read_caffemodel
+from rmnet.caffe.protos import ProtoError, caffe_pb2, read_net, read_solver
+from rmnet.caffe.pycaffe import import_caffe, net_from_param, param_shapes
 from rmnet.atomic import atomic_path
 from rmnet.train.init import TransferReport, copy_by_name, msra, orthogonal
 
@@ -38,14 +40,8 @@ def without_data_layer(prototxt, drop_feedback: bool = False):
     for an Input layer of the same tops and shapes: the net instantiates without a dataset or
     worker processes. ``drop_feedback`` also removes the hard-sample-mining feedback layer,
     which needs the data layer."""
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-
-    net_param = caffe_pb2.NetParameter()
-    if isinstance(prototxt, caffe_pb2.NetParameter):
-        net_param.CopyFrom(prototxt)
-    else:
-        text_format.Parse(Path(prototxt).read_text(), net_param)
+    net_param = caffe_pb2().NetParameter()
+    net_param.CopyFrom(prototxt if isinstance(prototxt, type(net_param)) else read_net(prototxt))
     if drop_feedback:
         keep = [l for l in net_param.layer if l.python_param.layer != "HardSampleFeedbackLayer"]
         del net_param.layer[:]
@@ -64,25 +60,9 @@ def without_data_layer(prototxt, drop_feedback: bool = False):
     return net_param
 
 
-def load_net(net_param, phase: str = "TEST", weights: str | None = None):
-    """caffe.Net from a NetParameter (written to a temporary file, which Caffe needs)."""
-    import tempfile
-
-    import caffe
-    from google.protobuf import text_format
-
-    with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
-        f.write(text_format.MessageToString(net_param))
-        f.flush()
-        if weights:
-            return caffe.Net(f.name, getattr(caffe, phase), weights=str(weights))
-        return caffe.Net(f.name, getattr(caffe, phase))
-
-
 def net_param_shapes(prototxt: str | os.PathLike, phase: str = "TEST") -> dict[str, list[tuple]]:
     """{layer: [blob shapes]} of a net, from Caffe itself, without reading its dataset."""
-    net = load_net(without_data_layer(prototxt, drop_feedback=True), phase)
-    return {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
+    return param_shapes(net_from_param(without_data_layer(prototxt, drop_feedback=True), phase))
 
 
 def check_weights_fit(prototxt: str | os.PathLike, caffemodel: str | os.PathLike,
@@ -107,7 +87,7 @@ def init_weights(prototxt: str | os.PathLike, out: str | os.PathLike, seed: int 
     convolutions, MSRA for every other convolution, the prototxt's fillers for the rest; with
     ``source``, then copy every layer whose name and shapes match from that caffemodel (a backbone
     trained elsewhere) and return the report."""
-    import caffe
+    caffe = import_caffe()
 
     for p in (prototxt, source):
         if p is not None and not Path(p).is_file():
@@ -160,7 +140,7 @@ def calibrate_batchnorm(deploy: str | os.PathLike, weights: str | os.PathLike,
     training images through the net in the TRAIN phase, where Caffe's BatchNorm accumulates its
     statistics, and save. The weights themselves are unchanged: this is still the untrained
     network, measured fairly."""
-    import caffe
+    caffe = import_caffe()
 
     from rmnet.data.images import load_blob
 
@@ -246,9 +226,6 @@ class SolverInfo:
 def inspect_solver(solver: str | os.PathLike, cwd: str | os.PathLike = ".") -> SolverInfo:
     """Parse a solver and its nets, resolving paths as `caffe train` run in ``cwd`` would;
     TrainingError for a missing solver or net, or a dataset folder that is not Market-1501."""
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-
     from rmnet.data.market import DatasetError, load_market
 
     cwd = Path(cwd)
@@ -256,11 +233,10 @@ def inspect_solver(solver: str | os.PathLike, cwd: str | os.PathLike = ".") -> S
     full = path if path.is_absolute() else cwd / path
     if not full.is_file():
         raise TrainingError(f"{solver}: no such solver file (paths are relative to {cwd.resolve()})")
-    s = caffe_pb2.SolverParameter()
     try:
-        text_format.Parse(full.read_text(), s)
-    except text_format.ParseError as e:
-        raise TrainingError(f"{solver}: not a Caffe solver: {e}") from None
+        s = read_solver(full)
+    except ProtoError as e:
+        raise TrainingError(str(e)) from None
 
     def resolve(p: str, what: str) -> Path:
         q = Path(p) if Path(p).is_absolute() else cwd / p
@@ -275,7 +251,10 @@ def inspect_solver(solver: str | os.PathLike, cwd: str | os.PathLike = ".") -> S
     tests = [resolve(t, "test_net") for t in s.test_net]
     roots = []
     for net_path in [train, *tests]:
-        net = text_format.Parse(net_path.read_text(), caffe_pb2.NetParameter())
+        try:
+            net = read_net(net_path)
+        except ProtoError as e:
+            raise TrainingError(str(e)) from None
         for layer in net.layer:
             if layer.type == "Python" and layer.python_param.layer == "MarketDataLayer":
                 root = json.loads(layer.python_param.param_str)["root"]
@@ -397,9 +376,7 @@ def usable_snapshot(state: Path) -> str | None:
     files, caffemodel first: a run killed in between leaves a state whose caffemodel is
     missing or older, and snapshots from a Caffe without the patch may be truncated. Caffe
     would abort on either."""
-    from caffe.proto import caffe_pb2
-
-    s = caffe_pb2.SolverState()
+    s = caffe_pb2().SolverState()
     try:
         s.ParseFromString(Path(state).read_bytes())
     except Exception:

@@ -1,0 +1,89 @@
+"""pycaffe nets, loaded one way for the whole project: files checked, the caffemodel checked to
+fit before Caffe sees it, glog quiet, CPU mode.
+
+Why the checks: Caffe's loader ignores caffemodel layers the net does not have, leaves net layers
+the caffemodel lacks at their random initial values, and aborts the whole process (glog CHECK) on
+a shape mismatch or a prototxt it cannot parse. ``load_net`` refuses all of these first, naming
+the files and the layer (``rmnet.caffe.caffemodel.check_fit`` is the one fit rule).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from rmnet.caffe.caffemodel import check_fit
+from rmnet.caffe.protos import net_text, read_net
+
+
+def import_caffe():
+    """pycaffe in CPU mode, quiet (glog's INFO lines list every layer) unless
+    ``GLOG_minloglevel`` is set."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    import caffe
+
+    caffe.set_mode_cpu()
+    return caffe
+
+
+def net_from_param(net_param, phase: str = "TEST", weights: str | os.PathLike | None = None):
+    """``caffe.Net`` from a ``NetParameter`` (written to a temporary file, which Caffe needs);
+    ``weights`` are copied by layer name, unchecked (check with ``check_weights`` first)."""
+    caffe = import_caffe()
+    with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
+        f.write(net_text(net_param))
+        f.flush()
+        net = caffe.Net(f.name, getattr(caffe, phase))
+    if weights:
+        net.copy_from(str(weights))
+    return net
+
+
+def param_shapes(net) -> dict[str, list[tuple[int, ...]]]:
+    """{layer: [parameter blob shapes]} of a ``caffe.Net``."""
+    return {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
+
+
+def check_weights(net, prototxt: str | os.PathLike, weights: str | os.PathLike,
+                  require_all: bool = True) -> None:
+    """Raise ``WeightsError`` unless the caffemodel fits ``net`` (see ``check_fit``:
+    ``require_all`` for evaluation and export, not for training, whose losses and counters
+    start from their fillers)."""
+    check_fit(param_shapes(net), prototxt, weights, require_all=require_all)
+
+
+def load_net(prototxt: str | os.PathLike, weights: str | os.PathLike | None = None,
+             phase: str = "TEST", require_input: bool = True):
+    """A checked ``caffe.Net`` of ``prototxt`` with the caffemodel's weights (see module).
+
+    ``require_input``: the net must start with an Input layer (a deploy net)."""
+    for p, what in ((prototxt, "prototxt"), (weights, "caffemodel")):
+        if p is not None and not Path(p).is_file():
+            raise FileNotFoundError(f"{p}: no such {what} file")
+    read_net(prototxt)                          # parse errors name the file (Caffe aborts)
+    caffe = import_caffe()
+    net = caffe.Net(str(prototxt), getattr(caffe, phase))
+    if require_input and not net.inputs:
+        raise ValueError(f"{prototxt}: the net has no Input layer (a deploy prototxt is needed)")
+    if weights is not None:
+        check_weights(net, prototxt, weights)
+        net.copy_from(str(weights))
+    return net
+
+
+def input_size(net) -> tuple[str, int, int]:
+    """(input blob name, height, width) of the net's first input (N, 3, H, W)."""
+    name = net.inputs[0]
+    shape = net.blobs[name].data.shape
+    if len(shape) != 4 or shape[1] != 3:
+        raise ValueError(f"input blob {name!r} has shape {shape}, expected (N, 3, H, W)")
+    return name, int(shape[2]), int(shape[3])
+
+
+def output_blob(net, blob: str | None = None) -> str:
+    """``blob`` if the net has it, else the net's last output."""
+    if blob is None:
+        return net.outputs[-1]
+    if blob not in net.blobs:
+        raise ValueError(f"the net has no blob {blob!r}; outputs: {', '.join(net.outputs)}")
+    return blob

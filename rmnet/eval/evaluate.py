@@ -1,0 +1,60 @@
+"""Dataset evaluation, written once: a backend and a dataset in, re-id metrics out.
+
+``evaluate(backend, dataset, flip=..., rerank=...)`` describes the query and gallery images
+(``rmnet.eval.descriptors.describe``) and scores them (``score``: distances, optional
+k-reciprocal re-ranking, then ``rmnet.eval.metrics.evaluate_rank`` under the Market-1501
+protocol). ``tools/eval_market.py``, the demo and the INT8 tool all go through here, so a number
+printed by one is computed exactly as by the others.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rmnet.eval.descriptors import describe
+from rmnet.eval.features import FeatureSet
+from rmnet.eval.metrics import RankResult, compute_distance, evaluate_rank
+
+
+@dataclass(frozen=True)
+class Rerank:
+    """k-reciprocal re-ranking parameters (Zhong et al.'s defaults)."""
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+
+    def describe(self) -> str:
+        return f"k-reciprocal re-ranking (k1 {self.k1}, k2 {self.k2}, lambda {self.lambda_value:g})"
+
+
+@dataclass
+class Evaluation:
+    query: FeatureSet
+    gallery: FeatureSet
+    dist: np.ndarray           # (queries, gallery) distances that were ranked
+    result: RankResult
+
+
+def score(query: FeatureSet, gallery: FeatureSet, distance: str = "cosine",
+          rerank: Rerank | None = None, max_rank: int = 20) -> tuple[np.ndarray, RankResult]:
+    """Distances (re-ranked with ``rerank``) and the Market-1501 metrics of two feature sets."""
+    if rerank is not None:
+        from rmnet.eval.rerank import re_rank_features
+        dist = re_rank_features(query.features, gallery.features, k1=rerank.k1, k2=rerank.k2,
+                                lambda_value=rerank.lambda_value,
+                                metric="cosine" if distance == "cosine" else "euclidean")
+    else:
+        dist = compute_distance(query.features, gallery.features, distance)
+    return dist, evaluate_rank(dist, query.pids, gallery.pids, query.camids, gallery.camids,
+                               max_rank=max_rank)
+
+
+def evaluate(backend, dataset, *, flip: bool = False, rerank: Rerank | None = None,
+             distance: str = "cosine", batch: int = 32, max_aspect_change: float = 2.0,
+             max_rank: int = 20, progress: bool = True, desc: str = "features") -> Evaluation:
+    """Describe ``dataset``'s query and gallery with ``backend`` and score them."""
+    q, g = describe(backend, dataset, batch=batch, flip=flip,
+                    max_aspect_change=max_aspect_change, progress=progress, desc=desc)
+    dist, result = score(q, g, distance, rerank, max_rank)
+    return Evaluation(q, g, dist, result)
