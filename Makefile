@@ -4,7 +4,8 @@
 #   make demo          the main job: synthetic dataset, train the light RMNet, evaluate (~10 min)
 #                      make demo DATA=/path/to/Market-1501-layout ITERS=N   on another dataset
 #   make train DATA=/path/to/Market-1501-v15.09.15    the paper's full training (150k iterations)
-#   make prototxt      regenerate prototxt/ and solvers/ from generator/ (committed files)
+#   make prototxt      regenerate prototxt/ and solvers/ from rmnet/generator/ (committed files)
+#   make ablations     render the Table 2 rows into runs/ablations/{prototxt,solvers}/
 #   make docker-check  run docker/Dockerfile's steps in a fresh Debian root (debootstrap + chroot)
 
 SHELL := /bin/bash
@@ -13,7 +14,7 @@ PYTEST_ARGS ?=
 DATA ?=
 ITERS ?=
 
-.PHONY: setup test demo train prototxt docker-check
+.PHONY: setup test demo train prototxt ablations docker-check
 
 setup:
 	@bash scripts/setup.sh
@@ -29,7 +30,10 @@ train: setup
 	$(PYTHON) tools/train.py --data "$(DATA)" $(if $(ITERS),--iters $(ITERS))
 
 prototxt: setup
-	$(PYTHON) -m generator --out prototxt --solvers solvers
+	$(PYTHON) -m rmnet.generator --out prototxt --solvers solvers
+
+ablations: setup
+	$(PYTHON) -m rmnet.generator --out runs/ablations/prototxt --solvers runs/ablations/solvers --ablations
 
 docker-check:
 	@/usr/bin/python3 scripts/docker_check.py docker/Dockerfile

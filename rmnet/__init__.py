@@ -6,8 +6,7 @@
 - ``rmnet.eval``    descriptors, features files, metrics, re-ranking
 - ``rmnet.deploy``  ONNX/OpenVINO export, the embedding API, profiling
 - ``rmnet.bench``   the benchmarks' shared harness and baselines
+- ``rmnet.generator`` the net generator: Jinja2 templates and variants -> prototxts, solvers
+- ``rmnet.layers``  the Caffe Python layers (prototxts name them ``rmnet.layers.<module>``)
 - ``rmnet.cli``     the command lines (``tools/*.py`` and console entry points)
-
-The Caffe Python layers live in the top-level ``layers`` package and the net generator in
-``generator``, because prototxts and users name them by those module paths.
 """

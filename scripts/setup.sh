@@ -36,7 +36,7 @@ LOGDIR=${RMNET_SETUP_LOGS:-$ROOT/.setup-logs}
 SYSTEM_PYTHON=/usr/bin/python3
 PYVER=3.11
 
-# Debian packages: Caffe's build dependencies (FACTS: boost, protobuf, glog, gflags, hdf5,
+# Debian packages: Caffe's build dependencies (boost, protobuf, glog, gflags, hdf5,
 # OpenBLAS, lmdb, snappy, cmake, g++), plus what this recipe itself runs.
 SYSTEM_PACKAGES=(
   build-essential cmake pkg-config

@@ -114,7 +114,7 @@ def test_caffe_tool_runs_a_python_layer_from_the_repo(tmp_path):
 
 
 def test_linked_blas_is_openblas(caffe):
-    """FACTS: the reference BLAS is ~4x slower; the build must link OpenBLAS."""
+    """The reference BLAS is ~4x slower; the build must link OpenBLAS."""
     lib = Path(caffe.__file__).resolve().parents[3] / "libcaffe.so"
     ldd = subprocess.run(["ldd", str(lib)], capture_output=True, text=True, check=True).stdout
     assert "libopenblas" in ldd, ldd

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layers.data import BatchSource, DataConfig, load_train_list
+from rmnet.layers.data import BatchSource, DataConfig, load_train_list
 from rmnet.data.synthetic import SyntheticConfig, generate
 
 H, W = 32, 16
@@ -62,7 +62,7 @@ def test_batches_are_k_images_of_each_identity_and_augmented(dataset):
 
 
 def test_test_phase_walks_the_list_in_order_without_augmentation(dataset):
-    from layers import augment
+    from rmnet.layers import augment
     from rmnet.data.images import load_bgr
 
     src = make_source(dataset, train=False)
@@ -115,7 +115,7 @@ def data_net(tmp_path: Path, root: Path, classes: int, **data_kw) -> str:
         layer {{ name: "data" type: "Python"
                 top: "data" top: "label" top: "sample_weight" top: "sample_id"
                 param {{ lr_mult: 0 decay_mult: 0 }}
-                python_param {{ module: "layers.data" layer: "MarketDataLayer"
+                python_param {{ module: "rmnet.layers.data" layer: "MarketDataLayer"
                                param_str: '{json.dumps(cfg)}' }} }}
         layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
                 inner_product_param {{ num_output: 6 weight_filler {{ type: "gaussian" std: 0.001 }} }} }}
@@ -124,11 +124,11 @@ def data_net(tmp_path: Path, root: Path, classes: int, **data_kw) -> str:
                 top: "loss/am_softmax" top: "loss/am_softmax/per_sample"
                 loss_weight: 1 loss_weight: 0
                 param {{ lr_mult: 1 decay_mult: 1 }}
-                python_param {{ module: "layers.losses" layer: "AMSoftmaxLossLayer"
+                python_param {{ module: "rmnet.layers.losses" layer: "AMSoftmaxLossLayer"
                                param_str: '{json.dumps(am)}' }} }}
         layer {{ name: "hsm_feedback" type: "Python"
                 bottom: "sample_id" bottom: "loss/am_softmax/per_sample"
-                python_param {{ module: "layers.data" layer: "HardSampleFeedbackLayer"
+                python_param {{ module: "rmnet.layers.data" layer: "HardSampleFeedbackLayer"
                                param_str: '{{"source": "data", "weights": [1.0]}}' }} }}
     """
     path = tmp_path / "data_net.prototxt"
@@ -137,11 +137,11 @@ def data_net(tmp_path: Path, root: Path, classes: int, **data_kw) -> str:
 
 
 def test_layer_tops_and_feedback_reach_the_miner(caffe, dataset, tmp_path):
-    from layers.data import _SOURCES
+    from rmnet.layers.data import batch_sources
 
     net = caffe.Net(data_net(tmp_path, dataset, 6), caffe.TRAIN)
     try:
-        source = _SOURCES[("data", caffe.TRAIN)]
+        source = batch_sources.get("data", caffe.TRAIN)
         assert np.isnan(source.miner.losses).all()
         for _ in range(3):
             net.forward()
@@ -160,11 +160,11 @@ def test_layer_tops_and_feedback_reach_the_miner(caffe, dataset, tmp_path):
                                    rtol=1e-6)
         assert np.isfinite(source.miner.losses).sum() >= 8
     finally:
-        _SOURCES[("data", caffe.TRAIN)].close()
+        batch_sources.get("data", caffe.TRAIN).close()
 
 
 def test_batch_counter_is_saved_and_a_resumed_layer_continues(caffe, dataset, tmp_path):
-    from layers.data import _SOURCES
+    from rmnet.layers.data import batch_sources
 
     prototxt = data_net(tmp_path, dataset, 6, difficulty_ramp_iters=10)
     net = caffe.Net(prototxt, caffe.TRAIN)
@@ -174,7 +174,7 @@ def test_batch_counter_is_saved_and_a_resumed_layer_continues(caffe, dataset, tm
     first_ids = net.blobs["sample_id"].data.copy()
     net.save(str(tmp_path / "snap.caffemodel"))
     resumed = caffe.Net(prototxt, caffe.TRAIN, weights=str(tmp_path / "snap.caffemodel"))
-    source = _SOURCES[("data", caffe.TRAIN)]
+    source = batch_sources.get("data", caffe.TRAIN)
     assert source is not None and source is not net.layers[0].source
     resumed.forward()
     try:
@@ -187,18 +187,18 @@ def test_batch_counter_is_saved_and_a_resumed_layer_continues(caffe, dataset, tm
 
 
 def test_a_later_net_replaces_and_stops_the_earlier_source(caffe, dataset, tmp_path):
-    from layers.data import _SOURCES
+    from rmnet.layers.data import batch_sources
 
     a = caffe.Net(data_net(tmp_path, dataset, 6), caffe.TRAIN)
     a.forward()
-    first = _SOURCES[("data", caffe.TRAIN)]
+    first = batch_sources.get("data", caffe.TRAIN)
     b = caffe.Net(data_net(tmp_path, dataset, 6), caffe.TRAIN)
     try:
         assert first._pool is None                       # its workers were stopped
-        assert _SOURCES[("data", caffe.TRAIN)] is not first
+        assert batch_sources.get("data", caffe.TRAIN) is not first
         b.forward()
     finally:
-        _SOURCES[("data", caffe.TRAIN)].close()
+        batch_sources.get("data", caffe.TRAIN).close()
 
 
 def test_difficulty_ramp_and_rounds():
@@ -210,16 +210,16 @@ def test_difficulty_ramp_and_rounds():
 
 
 def test_test_phase_layer_gives_unit_weights(caffe, dataset, tmp_path):
-    from layers.data import _SOURCES
+    from rmnet.layers.data import batch_sources
 
     net = caffe.Net(data_net(tmp_path, dataset, 6), caffe.TEST)
     try:
         net.forward()
         np.testing.assert_array_equal(net.blobs["sample_weight"].data, 1.0)
         np.testing.assert_array_equal(net.blobs["sample_id"].data, np.arange(8))
-        assert np.isnan(_SOURCES[("data", caffe.TEST)].miner.losses).all()   # no mining in TEST
+        assert np.isnan(batch_sources.get("data", caffe.TEST).miner.losses).all()   # no mining in TEST
     finally:
-        _SOURCES[("data", caffe.TEST)].close()
+        batch_sources.get("data", caffe.TEST).close()
 
 
 def test_class_count_mismatch_is_refused(caffe, dataset, tmp_path):
@@ -238,13 +238,16 @@ def test_unknown_param_is_refused(caffe, dataset, tmp_path):
         caffe.Net(data_net(tmp_path, dataset, 6, batchsize=3), caffe.TRAIN)
 
 
-def test_data_benchmark_runs_and_reports_a_rate(capsys):
+def test_data_benchmark_times_the_batches_it_says(caffe, capsys):
     from rmnet.cli import bench_layers
-    bench_layers.main(["--data-only", "--data-batches", "3", "--data-batch", "16",
-                       "--workers", "1"])
+    args = bench_layers.parse_args(["--data-only", "--data-batches", "3", "--data-batch", "16",
+                                    "--workers", "1"])
+    got = bench_layers.bench_data(caffe, args)
+    assert got["images"] == 3 * 16
+    assert got["batches_served"] == 5 + 3          # the warm-up forwards, then the timed ones
+    assert got["rate"] == pytest.approx(got["images"] / got["seconds"])
     out = capsys.readouterr().out
-    rate = float(out.split("images/s")[0].split()[-1])
-    assert rate > 0 and "target >= 1000" in out
+    assert f"{got['rate']:10.0f} images/s over 3 batches" in out
 
 
 def test_workers_do_not_hang_after_the_parent_used_opencv_threads(dataset):

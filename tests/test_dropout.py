@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layers.dropout import dropout_mask, is_active, keep_scale, mask_seed
+from rmnet.layers.dropout import dropout_mask, is_active, keep_scale, mask_seed
 
 
 def test_mask_is_inverted_dropout_at_the_right_ratio():
@@ -40,7 +40,7 @@ def net_file(tmp_path: Path, **cfg) -> str:
         layer {{ name: "input" type: "Input" top: "x" input_param {{ shape {{ dim: 2 dim: 3 dim: 4 dim: 5 }} }} }}
         layer {{ name: "drop" type: "Python" bottom: "x" top: "y"
                 param {{ lr_mult: 0 decay_mult: 0 }}
-                python_param {{ module: "layers.dropout" layer: "ScheduledDropoutLayer"
+                python_param {{ module: "rmnet.layers.dropout" layer: "ScheduledDropoutLayer"
                                param_str: '{json.dumps(cfg)}' }} }}
     """
     path = tmp_path / "dropout.prototxt"

@@ -91,7 +91,7 @@ def test_light_onnx_graph_is_folded(light):
     dim = model.graph.input[0].type.tensor_type.shape.dim
     assert dim[0].dim_param == "batch" and [d.dim_value for d in dim[1:]] == [3, 160, 64]
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    # FACTS' folded count of the published model (input normalisation included); the
+    # The folded count of the published model (input normalisation included); the
     # calibration Scale folds into the last convolution and adds nothing
     assert params == 819_766
 

@@ -4,7 +4,7 @@ importer, refused input sizes, config and template errors, and the committed fil
 The expected published graph below is written out by hand from the reference description of
 Intel's deployed model (stem ReLU, ELU elsewhere, depthwise 3x3 with group = width, stride-2
 depthwise + max-pool/1x1-conv shortcut in downsampling blocks, 4 / 1+8 / 1+10 / 1+11 blocks, global
-max pooling head 256 -> 512 -> 256), independently of generator/plan.py.
+max pooling head 256 -> 512 -> 256), independently of rmnet/generator/plan.py.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generator import (ConfigError, GenerationError, InputSizeError, generate_all,
+from rmnet.generator import (ConfigError, GenerationError, InputSizeError, generate_all,
                        list_variants, load_variant, render)
-from generator.__main__ import main as cli_main
-from generator.output import compare
-from generator.render import TEMPLATES_DIR, annotate
+from rmnet.generator.__main__ import main as cli_main
+from rmnet.generator.output import COMMITTED, compare
+from rmnet.generator.render import TEMPLATES_DIR, annotate
 from tests.conftest import REPO
 
 VARIANTS = list_variants()
@@ -307,7 +307,7 @@ def test_late_switch_off_uses_the_scheduled_dropout_layer():
     seeds = set()
     for d in drops:
         assert (d.python_param.module, d.python_param.layer) == \
-            ("layers.dropout", "ScheduledDropoutLayer")
+            ("rmnet.layers.dropout", "ScheduledDropoutLayer")
         p = param_str(d)
         assert (p["ratio"], p["switch_off_iter"]) == (0.1, 100000)
         assert [(x.lr_mult, x.decay_mult) for x in d.param] == [(0, 0)]
@@ -428,7 +428,7 @@ def test_names_are_shared_by_train_test_deploy_and_variants(caffe, tmp_path):
 def _layers_ready() -> str | None:
     """None when the layers the train/test nets name can be imported, else why not."""
     missing = []
-    for module in ("layers.losses", "layers.data", "layers.dropout"):
+    for module in ("rmnet.layers.losses", "rmnet.layers.data", "rmnet.layers.dropout"):
         try:
             importlib.import_module(module)
         except ImportError as e:
@@ -485,7 +485,7 @@ def test_train_and_test_nets_instantiate(caffe, tmp_path, variant):
 def variants_dir(tmp_path: Path, **files: dict) -> Path:
     d = tmp_path / "variants"
     d.mkdir()
-    shutil.copy(REPO / "generator" / "variants" / "_base.json", d / "_base.json")
+    shutil.copy(REPO / "rmnet" / "generator" / "variants" / "_base.json", d / "_base.json")
     for name, obj in files.items():
         (d / f"{name}.json").write_text(json.dumps(obj))
     return d
@@ -499,7 +499,7 @@ def test_extends_merges_objects_and_replaces_values(tmp_path):
     assert cfg["losses"]["push"] == {"enabled": False, "weight": 1.0, "margin": 0.3}
     assert cfg["input"] == {"height": 160, "width": 128}
     assert [p.name for p in v.files] == ["_base.json", "a.json", "b.json"]
-    from generator.config import list_variants as lv
+    from rmnet.generator.config import list_variants as lv
     assert lv(d) == ["a", "b"]                     # _base is abstract
 
 
@@ -586,9 +586,28 @@ def test_committed_prototxt_match_fresh_output(fresh):
     # any prototxt there, generated-marked or not, must come from a variant
     extra = {p.relative_to(out).as_posix() for p in out.glob("*/*.prototxt")} - set(fresh)
     problems += [f"not produced by any variant: {rel}" for rel in sorted(extra)]
-    assert not problems, ("prototxt/ is out of date; run `.venv/bin/python -m generator --out "
+    assert not problems, ("prototxt/ is out of date; run `.venv/bin/python -m rmnet.generator --out "
                           "prototxt`: " + ", ".join(problems))
-    assert len(fresh) == 3 * len(VARIANTS)
+    assert len(fresh) == 3 * len(COMMITTED)
+    # only the models a user runs by name are committed; no committed net is a copy of another
+    assert sorted({rel.split("/")[0] for rel in fresh}) == sorted(COMMITTED)
+    assert len(set(fresh.values())) == len(fresh)
+
+
+def test_ablation_rows_render_on_demand(tmp_path, capsys):
+    out, solvers = tmp_path / "prototxt", tmp_path / "solvers"
+    assert cli_main(["--out", str(out), "--solvers", str(solvers), "--ablations"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == TABLE2
+    assert sorted(p.stem for p in solvers.iterdir()) == TABLE2
+    for row in TABLE2:
+        for phase in ("train", "test", "deploy"):
+            assert (out / row / f"{phase}.prototxt").read_text() == render(row, phase).text
+        s = (solvers / f"{row}.prototxt").read_text()
+        assert f'net: "{out.as_posix()}/{row}/train.prototxt"' in s
+    assert cli_main(["--out", str(out), "--solvers", str(solvers), "--ablations",
+                     "--check"]) == 0
+    with pytest.raises(SystemExit):
+        cli_main(["--out", str(out), "--ablations", "--variant", "light"])
 
 
 def test_output_is_canonical_and_deterministic(fresh):
@@ -613,8 +632,9 @@ def test_cli_writes_checks_and_lists(tmp_path, capsys):
     assert compare(out, ["light"]) == [f"differs from fresh output: {out}/light/test.prototxt"]
     capsys.readouterr()
     assert cli_main(["--list"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert listed == VARIANTS
+    listed = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    assert [name for name, _ in listed] == VARIANTS
+    assert {name for name, kind in listed if kind == "committed"} == set(COMMITTED)
     assert cli_main(["--variant", "light", "--phase", "deploy", "--deploy-output",
                      "embedding"]) == 0
     assert capsys.readouterr().out == render("light", "deploy", deploy_output="embedding").text
@@ -624,7 +644,7 @@ def test_cli_unknown_variant_and_stale_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["--out", str(tmp_path), "--variant", "no_such_variant"])
     assert "unknown variant 'no_such_variant'" in capsys.readouterr().err
-    from generator.output import stale_files
+    from rmnet.generator.output import stale_files
     (tmp_path / "gone").mkdir()
     (tmp_path / "gone" / "train.prototxt").write_text("# RMNet train net of variant 'gone'\n")
     (tmp_path / "gone" / "mine.prototxt").write_text("name: \"hand-written\"\n")
@@ -639,9 +659,9 @@ def test_committed_solvers_match_fresh_output_and_resolve_from_the_repo_root(mon
     assert not problems, "run `make prototxt`: " + ", ".join(problems)
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
-    from generator import solver_name
+    from rmnet.generator import solver_name
     names = sorted(p.stem for p in (REPO / "solvers").glob("*.prototxt"))
-    assert names == sorted(solver_name(v) for v in VARIANTS)
+    assert names == sorted(solver_name(v) for v in COMMITTED)
     assert "market" in names and "market_strong" in names
     for path in (REPO / "solvers").glob("*.prototxt"):
         s = text_format.Parse(path.read_text(), caffe_pb2.SolverParameter())
@@ -649,7 +669,7 @@ def test_committed_solvers_match_fresh_output_and_resolve_from_the_repo_root(mon
 
 
 def test_market_solver_is_the_papers_schedule():
-    from generator import render_solver
+    from rmnet.generator import render_solver
     s = render_solver("light").solver
     assert s.net == "prototxt/light/train.prototxt" and list(s.test_net) == ["prototxt/light/test.prototxt"]
     assert (s.lr_policy, s.stepsize) == ("step", 50000)
@@ -674,7 +694,7 @@ def test_switch_off_after_the_end_of_training_is_refused():
 
 
 def test_write_run_gives_a_self_contained_run(caffe, tmp_path):
-    from generator import write_run
+    from rmnet.generator import write_run
     paths = write_run("t2_1_am_softmax", tmp_path / "run",
                       overrides={"data": {"root": "/data/m"}, "num_classes": 10})
     from caffe.proto import caffe_pb2
@@ -684,3 +704,34 @@ def test_write_run_gives_a_self_contained_run(caffe, tmp_path):
     assert s.snapshot_prefix == str(paths["snapshots"] / "t2_1_am_softmax")
     assert paths["snapshots"].is_dir()
     assert '\\"root\\": \\"/data/m\\"' in paths["train"].read_text()
+
+
+# --- param_str checked at render time with the layers' own dataclasses ---------------------------
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"data": {"batchsize": 3}}, "unknown param_str key 'batchsize'"),
+    ({"data": {"workers": -1}}, "workers must be >= 0"),
+    ({"losses": {"smart_margins": {"start": 0.1, "ramp": 5}}}, "unknown param_str key "
+                                                                "'smart_margins.ramp'"),
+    ({"losses": {"smart_margins": {"start": 0.9}}}, "'smart_margins.start' must be <="),
+])
+def test_a_bad_layer_config_is_refused_when_rendering(overrides, needle):
+    with pytest.raises(GenerationError) as e:
+        render("t2_7_smart_margins", "train", overrides=overrides)
+    msg = str(e.value)
+    assert needle in msg
+    assert "t2_7_smart_margins" in msg and "layer '" in msg       # names the net and the layer
+
+
+def test_every_python_layer_of_every_net_is_in_the_registry():
+    from rmnet.layers.registry import PARAM_CONFIGS
+    seen = set()
+    for name in list_variants():
+        for phase in ("train", "test"):
+            for layer in render(name, phase).net.layer:
+                if layer.type == "Python":
+                    seen.add((layer.python_param.module, layer.python_param.layer))
+    # every registered layer is used by some net, and each registered module really has it
+    assert seen == set(PARAM_CONFIGS)
+    for module, cls in PARAM_CONFIGS:
+        assert hasattr(importlib.import_module(module), cls)

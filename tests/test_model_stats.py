@@ -20,7 +20,7 @@ def published(caffe):
 
 
 def test_published_graph_sizes(published):
-    """FACTS section 1: 0.820 MParams three ways, 10x4 / 24x8 final maps, 0.0579 / 0.277 GMACs."""
+    """The published graph: 0.820 MParams three ways, 10x4 / 24x8 final maps, 0.0579 / 0.277 GMACs."""
     light, strong = published["light"], published["strong"]
     for s in (light, strong):
         assert s["output"] == "embedding" and s["output_shape"] == [1, 256, 1, 1]

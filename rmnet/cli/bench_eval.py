@@ -5,7 +5,7 @@
 
 Times the cosine distance matrix, ``evaluate_rank`` (CMC, both mAPs, mINP) and k-reciprocal
 re-ranking (``re_rank_features``, k1 20, k2 6, lambda 0.3) and reports the process's peak
-resident memory (``ru_maxrss``), each with its target from issue 6 and PASS/FAIL:
+resident memory (``ru_maxrss``), each with its target and PASS/FAIL:
 distances + evaluation under 10 s, re-ranking under 120 s, peak memory under 8 GB.
 
 Identities and cameras are drawn like Market-1501's (751 test ids, 6 cameras, pid -1 junk and

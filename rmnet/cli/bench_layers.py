@@ -22,7 +22,7 @@ RMNet 160x64 forward + backward at the same batch size.
 Times are medians over ``--repeats`` (after one warm-up pass), wall clock, CPU Caffe with the
 threads OpenBLAS chooses. Numbers only: nothing is asserted.
 
-- Data layer (``--data``, or ``--data-only``): images/s of ``layers.data.MarketDataLayer`` under
+- Data layer (``--data``, or ``--data-only``): images/s of ``rmnet.layers.data.MarketDataLayer`` under
   pycaffe at the train net's size (160x64), with augmentation at full difficulty, hard-sample
   mining (weighted) and its feedback layer, on a synthetic Market-1501-shaped dataset written to a
   temporary folder (``--data-root`` for a real one). The feedback's per-sample "losses" come from a
@@ -60,14 +60,14 @@ layer { name: "loss/am_softmax" type: "Python"
   top: "loss/am_softmax" top: "loss/am_softmax/per_sample"
   loss_weight: 1 loss_weight: 0
   param { lr_mult: 1 decay_mult: 1 }
-  python_param { module: "layers.losses" layer: "AMSoftmaxLossLayer"
+  python_param { module: "rmnet.layers.losses" layer: "AMSoftmaxLossLayer"
                  param_str: '{"num_classes": CLASSES, "scale": 30.0, "margin": 0.35}' } }
 layer { name: "loss/local" type: "Python"
   bottom: "embedding" bottom: "label" bottom: "sample_weight"
   top: "loss/center" top: "loss/push" top: "loss/glob_push" top: "loss/local/per_sample"
   loss_weight: 1 loss_weight: 1 loss_weight: 1 loss_weight: 0
   param { lr_mult: 1 decay_mult: 0 } param { lr_mult: 0 decay_mult: 0 }
-  python_param { module: "layers.losses" layer: "LocalStructureLossLayer"
+  python_param { module: "rmnet.layers.losses" layer: "LocalStructureLossLayer"
                  param_str: '{"num_classes": CLASSES, "smart_margins": {"start": 0.15, "ramp_iters": 40000}}' } }
 """
 
@@ -167,21 +167,23 @@ DATA_NET = """\
 name: "data_bench"
 layer {{ name: "data" type: "Python" top: "data" top: "label" top: "sample_weight" top: "sample_id"
         param {{ lr_mult: 0 decay_mult: 0 }}
-        python_param {{ module: "layers.data" layer: "MarketDataLayer" param_str: '{params}' }} }}
+        python_param {{ module: "rmnet.layers.data" layer: "MarketDataLayer" param_str: '{params}' }} }}
 layer {{ name: "fake_loss" type: "Power" bottom: "label" top: "fake_loss"
         power_param {{ scale: 0.37 shift: 1 }} }}
 layer {{ name: "hsm_feedback" type: "Python" bottom: "sample_id" bottom: "fake_loss"
-        python_param {{ module: "layers.data" layer: "HardSampleFeedbackLayer"
+        python_param {{ module: "rmnet.layers.data" layer: "HardSampleFeedbackLayer"
                        param_str: '{{"source": "data", "weights": [1.0]}}' }} }}
 layer {{ name: "silence" type: "Silence" bottom: "data" bottom: "sample_weight" }}
 """
 
 
-def bench_data(caffe, args) -> float:
-    """Images/s of the data layer in a net of its own (see the module docstring)."""
+def bench_data(caffe, args) -> dict:
+    """Images/s of the data layer in a net of its own (see the module docstring): a dict with
+    the images and seconds timed, the rate, and the batches the layer served in all (warm-up
+    included, from its batch counter)."""
     import json
 
-    from layers.data import _SOURCES
+    from rmnet.layers.data import batch_sources
     from rmnet.data.synthetic import SyntheticConfig, generate
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,21 +205,23 @@ def bench_data(caffe, args) -> float:
             for _ in range(args.data_batches):
                 net.forward()
             elapsed = time.perf_counter() - start
+            served = int(net.params["data"][0].data.flat[0])
         finally:
-            _SOURCES[("data", caffe.TRAIN)].close()
-    rate = args.data_batches * args.data_batch / elapsed
+            batch_sources.get("data", caffe.TRAIN).close()
+    images = args.data_batches * args.data_batch
+    rate = images / elapsed
     print(f"data layer ({args.height}x{args.width}, batch {args.data_batch}, "
           f"{args.workers} workers, augmentation + weighted mining, {root if args.data_root else 'synthetic dataset'}):")
     print(f"  {rate:10.0f} images/s over {args.data_batches} batches "
           f"(target >= 1000: {'met' if rate >= 1000 else 'NOT met'})")
-    return rate
+    return {"images": images, "seconds": elapsed, "rate": rate, "batches_served": served}
 
 
 def bench_dropout_cost(caffe, args) -> tuple[float, float]:
     """(Caffe Dropout, scheduled Python dropout) ms per training step of the light train net.
 
     The two nets' steps alternate (A B A B ...), so load from other processes hits both alike."""
-    from generator import render
+    from rmnet.generator import render
 
     rng = np.random.default_rng(0)
     nets = {}
@@ -250,7 +254,7 @@ def bench_dropout_cost(caffe, args) -> tuple[float, float]:
     return base, sched
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=128)
@@ -275,10 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=160)
     ap.add_argument("--width", type=int, default=64)
     args = ap.parse_args(argv)
-    if min(args.batch, args.dim, args.repeats, args.rmnet_repeats, args.images_per_id) < 1 \
-            or args.classes < 2:
+    if min(args.batch, args.dim, args.repeats, args.rmnet_repeats, args.images_per_id,
+           args.data_batch, args.data_batches) < 1 or args.classes < 2:
         ap.error("sizes and repeats must be >= 1, classes >= 2")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     import caffe
     caffe.set_mode_cpu()
     if args.data_only:

@@ -38,7 +38,7 @@ per runtime the median images/s and the speed-up over ResNet-50 in the same runt
 ``%SGEMM`` = images/s / (SGEMM GFLOP/s / model GFLOPs) of the model's best runtime, i.e. how much
 of the throughput a model running at the machine's matrix-multiply rate would reach.
 
-Targets (issue 7), checked for the light variant in its best runtime and batch: at least 20x the
+Targets, checked for the light variant in its best runtime and batch: at least 20x the
 ResNet-50 images/s in the same runtime and batch, and at least 50% of SGEMM-bound; printed as
 PASS/FAIL (exit status 0 either way: these are measurements, not tests).
 

@@ -10,7 +10,7 @@
     .venv/bin/python tools/eval_market.py --features feats.h5 --data ROOT \\
         --rank-list ranks.png --num-queries 8 --top-k 10
 
-Protocol: FACTS section 3 (see rmnet/eval/metrics.py): same-pid same-camera gallery images and pid -1
+Protocol (the official Market-1501 evaluation, see rmnet/eval/metrics.py): same-pid same-camera gallery images and pid -1
 are junk, pid 0 distractors are negatives, queries without a true match are skipped and counted.
 Two mAP conventions are reported, labelled: the non-interpolated AP of torchreid/fast-reid
 ("mAP" in the JSON) and the official Market-1501 MATLAB code's trapezoidal AP

@@ -3,7 +3,7 @@
     .venv/bin/python tools/model_stats.py                  # table, every variant
     .venv/bin/python tools/model_stats.py --variant light --output embedding --json
 
-The deploy net is generated (generator.render), instantiated with caffe.Net (TEST phase) for the
+The deploy net is generated (rmnet.generator.render), instantiated with caffe.Net (TEST phase) for the
 blob shapes and parameter blobs, and walked layer by layer:
 
 - params_raw: every Caffe parameter blob value (BatchNorm mean, variance and factor; Scale weight
@@ -12,7 +12,7 @@ blob shapes and parameter blobs, and walked layer by layer:
 - params_folded: each BatchNorm+Scale pair right after a convolution folded into it (weights
   rescaled, one bias per output channel); a pair with no convolution before it (the input
   normalisation) stays an affine map (scale + bias per channel); a lone Scale (calibration)
-  counts its blobs. This is how the published OpenVINO model counts (FACTS: 819,766).
+  counts its blobs. This is how the published OpenVINO model counts.
 - macs: multiply-accumulates of the convolutions (incl. depthwise and 1x1, batch 1);
   gflops = 2 * macs / 1e9 (the paper's convention: a multiply-add is two operations).
 - feature maps: (H, W) of the stem output and of each stage's last block.
@@ -29,8 +29,8 @@ import sys
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from generator import list_variants, render  # noqa: E402
-from generator.render import OUTPUTS  # noqa: E402
+from rmnet.generator import list_variants, render  # noqa: E402
+from rmnet.generator.render import OUTPUTS  # noqa: E402
 from rmnet.caffe.pycaffe import net_from_param  # noqa: E402
 from rmnet.deploy.graph import conv_macs, count_params  # noqa: E402
 

@@ -28,16 +28,13 @@
 
 The result is always printed, the accuracy change included: quantization is never silent. The
 INT8 IR (``<out>/<name>-int8.xml/.bin``) is written (atomically) only if rank-1 drops by at most
-``--max-rank1-drop`` points (default 1.0, the issue's bound); otherwise nothing is written and
+``--max-rank1-drop`` points (default 1.0); otherwise nothing is written and
 the exit status is 1 (``--force`` writes it anyway, still reporting the drop). ``--json OUT``
 saves every number. Targets printed with PASS/FAIL: INT8 >= 1.5x FP32 images/s (THROUGHPUT mode;
 with several ``--batches``, each precision at its best batch) with rank-1 within 1 point.
-
-Measured on this project's machine (2 cores, AVX-512 VNNI), light ELU models: rank-1 within
--0.50..+0.17 points of FP32; 1.48-1.50x FP32 images/s, each at its best batch, right at the 1.5x
-target; the light_relu variant (same graph, ReLU) reaches 2.05x. ``--profile`` shows why: the
-parts dominated by ELU (an exponential per value, computed in float in both precisions) and
-the depthwise convolutions gain nothing from INT8; see rmnet/deploy/profile.py and the README.
+``--profile`` shows where the speed-up goes: the parts dominated by ELU (an exponential per
+value, computed in float in both precisions) and the depthwise convolutions gain little from
+INT8; see rmnet/deploy/profile.py. Measured numbers are in results/ and the README.
 """
 from __future__ import annotations
 
@@ -119,9 +116,8 @@ def quantize(fp32_path: Path, calib: np.ndarray, preset: str, fast_bias: bool = 
     ``ranges``: how each activation quantizer's range is estimated over the calibration images
     (one image per sample). "minmax": the smallest minimum and largest maximum seen; NNCF's own
     default, "mean_minmax", averages the per-image extremes, so every image's largest values
-    are clipped, and RMNet's head takes exactly those (global MAX pooling). Measured on four
-    light models (300 to 1200 iterations, 600 synthetic queries): rank-1 change -0.83 to -2.17
-    points with mean_minmax, -0.50 to +0.17 with minmax, at the same speed."""
+    are clipped, and RMNet's head takes exactly those (global MAX pooling); the README compares
+    the two on trained models."""
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters

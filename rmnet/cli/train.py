@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: {e}", file=sys.stderr)
         return 2
     except Exception as e:   # DatasetError, ConfigError, ...: one line, not a traceback
-        from generator import ConfigError
+        from rmnet.generator import ConfigError
         from rmnet.data.market import DatasetError
         if isinstance(e, (DatasetError, ConfigError)):
             print(f"train: {e}", file=sys.stderr)

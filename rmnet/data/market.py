@@ -28,7 +28,7 @@ Decisions (documented in the README):
   order (``Dataset.train_label``).
 - Query: junk and distractors are refused too (a query without an identity cannot be scored; the
   official query set has none).
-- Gallery: keeps every image, pid -1 and 0 included; the evaluation protocol (FACTS section 3)
+- Gallery: keeps every image, pid -1 and 0 included; the evaluation protocol
   ignores junk and same-camera matches and counts distractors as negatives.
 - Query and gallery keep the original pids. Camera ids are kept 1-based, as in the names.
 - Order: every split is sorted by file name, so labels, features and scores line up run to run.

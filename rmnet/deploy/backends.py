@@ -139,8 +139,8 @@ class OpenVINOBackend(Backend):
     plugin); a batch of a new size compiles once more and is cached. ``hint`` is OpenVINO's
     PERFORMANCE_HINT ("LATENCY" or "THROUGHPUT"). ``precision`` is the CPU plugin's
     INFERENCE_PRECISION_HINT: "f32" by default, because on CPUs with AVX-512 BF16 or AMX the
-    plugin otherwise runs in bfloat16 (about 3 significant digits: descriptors off by ~0.1,
-    measured on this machine).
+    plugin otherwise runs in bfloat16 (about 3 significant digits, far from the FP32
+    descriptors the exports are checked against).
     """
     runtime = "openvino"
 

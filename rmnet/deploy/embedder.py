@@ -17,7 +17,7 @@ What can be loaded (``Embedder.load(path_or_paths, runtime=...)``):
   caffemodel (``cache_dir=`` to put it elsewhere). The hash covers both files, so a changed model
   is exported again and a cached export is never stale. We chose auto-export over "require
   exported files" because it makes the fast path the default: nobody has to remember a separate
-  export step to get a 10x faster pipeline, and the check against pycaffe still runs once.
+  export step to get the fast pipeline, and the check against pycaffe still runs once.
 - an exported ``.onnx``: ``openvino``, ``onnxruntime`` or ``opencv`` (cv2.dnn's ONNX importer).
 - an exported OpenVINO ``.xml`` (with its ``.bin``): ``openvino``.
 

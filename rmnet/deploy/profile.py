@@ -1,16 +1,13 @@
 """Where an OpenVINO model spends its time, per layer and per RMNet block part, and how two
 versions of a model (FP32 and INT8) compare part by part.
 
-Why: the INT8 speed-up of RMNet on a CPU is far from uniform. Measured on this project's
-machine (AMD EPYC, AVX-512 VNNI, OpenVINO 2026.4, light 160x64, batch 16, one thread), the
-1x1 reductions, the shortcut projections and the head run 1.8-2.9x faster in INT8, while the
-1x1 expansions of stages 1-2 (8 or 16 input channels, then the residual sum and an ELU) run at
-0.96-1.04x and every depthwise convolution (9 multiply-adds per output, then an ELU) at
-0.8-0.9x: their cost is the ELU (an exponential per output value, evaluated in float in both
-precisions) and memory traffic, not the multiply-adds that INT8 speeds up. Those parts are
-about half of the INT8 time, which caps the whole network near 1.5x; the light_relu variant,
-same graph with ReLU, runs 1.86x. ``tools/quantize.py --profile`` prints this table for any
-model on any machine.
+Why: the INT8 speed-up of RMNet on a CPU is far from uniform. The 1x1 reductions, the shortcut
+projections and the head gain from INT8, while the 1x1 expansions of the first stages (few input
+channels, then the residual sum and an ELU) and the depthwise convolutions (9 multiply-adds per
+output, then an ELU) gain little or nothing: their cost is the ELU (an exponential per output
+value, evaluated in float in both precisions) and memory traffic, not the multiply-adds that
+INT8 speeds up. ``tools/quantize.py --profile`` prints this table for any model on any machine;
+the numbers measured here are in results/ and the README.
 
 ``layer_times`` needs OpenVINO; ``layer_group`` and ``compare`` are plain functions.
 """

@@ -3,7 +3,7 @@
 ``evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)`` ranks the gallery for every query
 by increasing distance and returns CMC, two kinds of mAP and mINP (``RankResult``).
 
-Protocol (FACTS section 3, the official Market-1501 evaluation):
+Protocol (the official Market-1501 evaluation):
 
 - For a query with pid ``p`` and camera ``c``, a gallery item is a *true match* when it has pid
   ``p`` and a camera other than ``c``.
@@ -192,8 +192,8 @@ def stable_order(block: np.ndarray) -> np.ndarray:
 
     The same result as ``np.argsort(block, axis=1, kind="stable")``. For float32 (and float16)
     it packs each value's order-preserving 32-bit key with the column index into one uint64 and
-    sorts those unique keys with numpy's fast default sort, about 3x faster than a stable sort
-    of the floats at the Market-1501 gallery size. NaN is not allowed (checked by callers).
+    sorts those unique keys with numpy's fast default sort, which is faster than a stable sort
+    of the floats at the Market-1501 gallery size (tools/bench_eval.py). NaN is not allowed (checked by callers).
     """
     block = np.asarray(block)
     if block.dtype == np.float16:

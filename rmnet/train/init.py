@@ -4,7 +4,7 @@
   bottleneck are initialized orthogonally", Saxe et al.): the (out, in*kh*kw) weight matrix gets
   orthonormal rows (or columns, when it is taller than wide), scaled by ``gain``.
 - ``msra``: every other convolution (He et al.): zero-mean Gaussian with variance 2 / fan, where
-  fan is fan_out = out*kh*kw/group as in Intel's own RMNet training code (FACTS section 1), or
+  fan is fan_out = out*kh*kw/group as in Intel's own RMNet training code, or
   fan_in = in*kh*kw/group.
 - ``copy_by_name``: start from a backbone trained elsewhere (the paper pre-trains on OpenImages
   object crops): copy every parameter blob whose layer name and shape match, and report what

@@ -182,7 +182,7 @@ def prepare_run(variant: str, data: Path, run_dir: Path, iters: int | None,
                 batch_size: int | None = None, extra: dict | None = None,
                 log: Callable[[str], None] = print) -> dict:
     """Render the variant for ``data`` into ``run_dir``; returns write_run's paths."""
-    from generator import load_variant, write_run
+    from rmnet.generator import load_variant, write_run
     from rmnet.data.market import load_market
 
     ds = load_market(data)

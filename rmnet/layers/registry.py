@@ -1,0 +1,25 @@
+"""Every Caffe Python layer of this project and the dataclass its ``param_str`` is parsed into.
+
+The generator checks each rendered Python layer against this table with the very parser and
+dataclass the layer uses at run time (``rmnet.config.parse_config``), so a bad key in a variant's
+``data`` or ``losses`` section is refused when the nets are rendered, naming the layer, instead
+of aborting Caffe later. A Python layer that is not in the table is not this project's.
+"""
+from __future__ import annotations
+
+from rmnet.layers.config import AMSoftmaxConfig, LocalStructureConfig
+from rmnet.layers.data import DataConfig, FeedbackConfig
+from rmnet.layers.dropout import ScheduledDropoutConfig
+
+PARAM_CONFIGS: dict[tuple[str, str], type] = {
+    ("rmnet.layers.data", "MarketDataLayer"): DataConfig,
+    ("rmnet.layers.data", "HardSampleFeedbackLayer"): FeedbackConfig,
+    ("rmnet.layers.losses", "AMSoftmaxLossLayer"): AMSoftmaxConfig,
+    ("rmnet.layers.losses", "LocalStructureLossLayer"): LocalStructureConfig,
+    ("rmnet.layers.dropout", "ScheduledDropoutLayer"): ScheduledDropoutConfig,
+}
+
+
+def config_class(module: str, layer: str) -> type | None:
+    """The param_str dataclass of a project layer, or None if it is not one."""
+    return PARAM_CONFIGS.get((module, layer))
