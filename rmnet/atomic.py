@@ -12,6 +12,9 @@ atomic) and the result appears under its real name only once it is complete and 
   the format from the extension (OpenCV, matplotlib) still work.
 - ``atomic_write(path, writer)``: the same, calling ``writer(tmp_path)``.
 - ``atomic_write_bytes`` / ``atomic_write_text``: the common cases.
+- ``check_output(path, option)``: refuse, before any long work, an output location that cannot
+  be written (a folder where a file is wanted or the reverse, a parent that is a file, a read-only
+  or unwritable folder); ``OutputError`` names the option, the path and the reason.
 - ``atomic_dir(path, overwrite=False)``: a whole directory (e.g. a generated dataset) built under
   a temporary name next to ``path`` and renamed into place; a non-empty existing ``path`` is
   refused unless ``overwrite``.
@@ -21,6 +24,7 @@ New files get the usual permissions (0666 minus the umask), an overwritten file 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -52,6 +56,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
+def _naming(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """Re-raise an OSError that names no file, or only the temporary one, as one naming
+    ``path`` (a full disk says ENOSPC without a name): the user's file is what matters."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None or (tmp is not None and Path(e.filename) == tmp):
+            raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; on success move it onto ``path``.
 
@@ -61,22 +77,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a directory, cannot write a file there")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-",
-                                    suffix=path.suffix)
-    os.close(fd)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-",
+                                        suffix=path.suffix)
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        with _naming(path, tmp):
+            yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"{path}: the writer removed its temporary file {tmp}")
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-        except FileNotFoundError:
-            mode = 0o666 & ~_umask()
-        os.chmod(tmp, mode)
-        _fsync_path(tmp)
-        os.replace(tmp, path)
+        with _naming(path, tmp):
+            try:
+                mode = stat.S_IMODE(path.stat().st_mode)
+            except FileNotFoundError:
+                mode = 0o666 & ~_umask()
+            os.chmod(tmp, mode)
+            _fsync_path(tmp)
+            os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -142,3 +161,35 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# --- output locations ---------------------------------------------------------------------------
+
+class OutputError(ValueError):
+    """An output location that cannot be written; the message names it and says why."""
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as ``<path>: <reason>`` (or the reason alone when it names no file)."""
+    reason = e.strerror or (errno.errorcode.get(e.errno, "") if e.errno else "") or str(e)
+    return f"{e.filename}: {reason}" if e.filename else reason
+
+
+def check_output(path: str | os.PathLike | None, option: str, folder: bool = False) -> None:
+    """Raise ``OutputError`` if ``path`` (a file, or with ``folder`` a folder, to be created or
+    replaced) cannot be written; missing parent folders are fine (the writers create them)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise OutputError(f"{option} {path}: exists and is not a folder")
+        if not folder and path.is_dir():
+            raise OutputError(f"{option} {path}: is a folder, a file is wanted here")
+    where = path if (folder and path.is_dir()) else path.parent
+    while not where.exists():
+        where = where.parent
+    if not where.is_dir():
+        raise OutputError(f"{option} {path}: {where} is a file, not a folder")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: {where} is not writable")

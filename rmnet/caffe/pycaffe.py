@@ -1,6 +1,8 @@
 """pycaffe nets, loaded one way for the whole project: files checked, the caffemodel checked to
 fit before Caffe sees it, glog quiet, CPU mode.
 
+A Python layer that is not this project's is refused before Caffe imports its module.
+
 Why the checks: Caffe's loader ignores caffemodel layers the net does not have, leaves net layers
 the caffemodel lacks at their random initial values, and aborts the whole process (glog CHECK) on
 a shape mismatch or a prototxt it cannot parse. ``load_net`` refuses all of these first, naming
@@ -60,7 +62,7 @@ def load_net(prototxt: str | os.PathLike, weights: str | os.PathLike | None = No
     for p, what in ((prototxt, "prototxt"), (weights, "caffemodel")):
         if p is not None and not Path(p).is_file():
             raise FileNotFoundError(f"{p}: no such {what} file")
-    read_net(prototxt)                          # parse errors name the file (Caffe aborts)
+    refuse_foreign_python_layers(read_net(prototxt), prototxt)   # parse errors name the file
     caffe = import_caffe()
     net = caffe.Net(str(prototxt), getattr(caffe, phase))
     if require_input and not net.inputs:
@@ -69,6 +71,21 @@ def load_net(prototxt: str | os.PathLike, weights: str | os.PathLike | None = No
         check_weights(net, prototxt, weights)
         net.copy_from(str(weights))
     return net
+
+
+def refuse_foreign_python_layers(net_param, prototxt: str | os.PathLike) -> None:
+    """Caffe imports and runs the module a Python layer names as soon as it builds the net: a
+    net given to be evaluated or exported may only name this project's own layers
+    (``rmnet.layers.registry``). ValueError naming the prototxt and the layer otherwise."""
+    from rmnet.layers.registry import config_class
+
+    for layer in net_param.layer:
+        if layer.type == "Python":
+            pp = layer.python_param
+            if config_class(pp.module, pp.layer) is None:
+                raise ValueError(f"{prototxt}: layer {layer.name!r} is a Python layer "
+                                 f"{pp.module}.{pp.layer}, not one of this project's "
+                                 f"(rmnet.layers); refusing to import code a prototxt names")
 
 
 def input_size(net) -> tuple[str, int, int]:

@@ -67,6 +67,8 @@ from rmnet.deploy.backends import (OnnxRuntimeBackend, OpenCVBackend, OpenVINOBa
                                    PycaffeBackend, runtime_available)
 from rmnet.deploy.export import check_images, export, random_caffemodel  # noqa: E402
 from rmnet.deploy.graph import conv_macs, count_params, load_graph  # noqa: E402
+from rmnet.atomic import check_output  # noqa: E402
+from rmnet.cli.errors import command  # noqa: E402
 
 MODELS = ("light", "strong", "resnet50")
 BASELINE = "resnet50"
@@ -295,6 +297,7 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+@command('benchmark')
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -316,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write every number here")
     ap.add_argument("--png", type=Path, help="write a bar chart here")
     args = ap.parse_args(argv)
+    check_output(args.json, '--json')
+    check_output(args.png, '--png')
 
     if args.quick:
         if args.models == ",".join(MODELS):

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 from rmnet.paths import REPO  # noqa: E402
+from rmnet.atomic import check_output  # noqa: E402
+from rmnet.cli.errors import command  # noqa: E402
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
@@ -69,6 +71,7 @@ def verdict(untrained_map: float, trained_map: float, min_ratio: float) -> tuple
     return ratio, ratio >= min_ratio
 
 
+@command('demo')
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-ratio", type=float, default=MIN_RATIO,
                     help="trained / untrained mAP needed to pass (exit 0; default %(default)s)")
     args = ap.parse_args(argv)
+    check_output(args.out, '--out', folder=True)
     if args.iters < 3 or args.batch_size < 2:
         ap.error("--iters must be >= 3 and --batch-size >= 2")
     if args.min_ratio < 0:

@@ -42,6 +42,8 @@ import numpy as np  # noqa: E402
 
 from rmnet.atomic import atomic_path, atomic_write_text  # noqa: E402
 from rmnet.caffe.caffemodel import WeightsError, sha256_file  # noqa: E402
+from rmnet.atomic import check_output  # noqa: E402
+from rmnet.cli.errors import command  # noqa: E402
 from rmnet.data.images import ImageError  # noqa: E402
 from rmnet.data.market import DatasetError, load_market, pids_camids  # noqa: E402
 from rmnet.deploy.backends import PycaffeBackend, RuntimeUnavailable  # noqa: E402
@@ -98,11 +100,19 @@ def extract_dataset(args) -> tuple[FeatureSet, FeatureSet, dict]:
             "weights_sha256": sha256_file(args.weights),
             "flip": int(args.flip), "blob": args.blob or "", "runtime": args.runtime}
     if args.cache and args.cache.exists():
+        # Only a features file this tool wrote may be replaced: anything else given as --cache
+        # by mistake (a caffemodel, another tool's HDF5) is refused, not overwritten.
         try:
             q, g, attrs = read_features(args.cache)
-            problem = _cache_problem(args.cache, attrs, want, ds, q, g)
         except FeaturesFileError as e:
-            problem = str(e)
+            raise UsageError(f"--cache {args.cache}: exists and is not a features file ({e}); "
+                             f"refusing to overwrite it: remove it or give another path"
+                             ) from None
+        if not all(k in attrs for k in CACHE_KEYS):
+            raise UsageError(f"--cache {args.cache}: a features file this tool did not write "
+                             f"(no {', '.join(k for k in CACHE_KEYS if k not in attrs)} "
+                             f"attributes); refusing to overwrite it")
+        problem = _cache_problem(args.cache, attrs, want, ds, q, g)
         if problem is None:
             log(f"reusing cached features {args.cache}")
             return q, g, attrs
@@ -267,6 +277,8 @@ def parse_args(argv: list[str] | None):
             ap.error(f"--{opt.replace('_', '-')} must be >= 1")
     if args.max_aspect_change and args.max_aspect_change < 1:
         ap.error("--max-aspect-change must be >= 1 (or 0 to disable)")
+    for opt in ("json", "cache", "rank_list"):       # before any extraction work
+        check_output(getattr(args, opt), f"--{opt.replace('_', '-')}")
     return args
 
 
@@ -287,6 +299,10 @@ def run(args) -> int:
              f"{q.features.shape[1]}-d{', flip' if flip in (1, True) else ''}, "
              f"{args.distance} distance, {rr}")
     print(results_table(res, title), flush=True)
+    ids = np.unique(g.pids[g.pids > 0])
+    if len(ids) < 2:
+        log(f"warning: the gallery holds {len(ids)} identity: every query's true match ranks "
+            f"first by construction, so these scores say nothing about the model")
     log(f"scoring took {t_score:.1f} s")
     if args.json:
         out = res.to_json()
@@ -303,6 +319,7 @@ def run(args) -> int:
     return 0
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:

@@ -26,8 +26,11 @@ from pathlib import Path
 from rmnet.deploy.export import DEFAULT_TOLERANCE, ExportCheckError, export  # noqa: E402
 from rmnet.deploy.graph import ExportError  # noqa: E402
 from rmnet.data.images import ImageError  # noqa: E402
+from rmnet.atomic import check_output  # noqa: E402
+from rmnet.cli.errors import command  # noqa: E402
 
 
+@command('export')
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--relative", action="store_true",
                     help="apply --tolerance to max |diff| / max |pycaffe output| instead")
     args = ap.parse_args(argv)
+    check_output(args.out, '--out', folder=True)
     for p in (args.prototxt, args.weights):
         if not p.is_file():
             print(f"error: {p}: no such file", file=sys.stderr)

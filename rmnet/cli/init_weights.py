@@ -23,8 +23,11 @@ from pathlib import Path
 
 
 from rmnet.train.run import TrainingError, init_weights  # noqa: E402
+from rmnet.atomic import check_output  # noqa: E402
+from rmnet.cli.errors import command  # noqa: E402
 
 
+@command('init_weights')
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("prototxt", type=Path, help="deploy (or test) net of the variant")
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="source", type=Path,
                     help="caffemodel to copy matching layers from (pre-trained backbone)")
     args = ap.parse_args(argv)
+    check_output(args.out, '--out')
     os.environ.setdefault("GLOG_minloglevel", "2")
     try:
         init_weights(args.prototxt, args.out, seed=args.seed, msra_mode=args.msra_mode,

@@ -15,13 +15,17 @@ from pathlib import Path
 
 from rmnet.train.log import read_caffe_log  # noqa: E402
 from rmnet.train.plots import plot_training as plot  # noqa: E402
+from rmnet.atomic import check_output  # noqa: E402
+from rmnet.cli.errors import command  # noqa: E402
 
 
+@command('plot_training')
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("log", type=Path, help="a `caffe train` log (glog output)")
     ap.add_argument("-o", "--out", type=Path, help="PNG to write (default: LOG with .png)")
     args = ap.parse_args(argv)
+    check_output(args.out, '--out')
     try:
         log = read_caffe_log(args.log)
         out = args.out or args.log.with_suffix(".png")

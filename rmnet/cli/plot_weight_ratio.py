@@ -18,6 +18,8 @@ from pathlib import Path
 
 from rmnet.train.filter_ratio import NORMS, conv_weights, filter_ratio  # noqa: E402
 from rmnet.atomic import atomic_path  # noqa: E402
+from rmnet.atomic import check_output  # noqa: E402
+from rmnet.cli.errors import command  # noqa: E402
 
 
 def ratios(models: list[Path], norm: str) -> tuple[list[str], list[list[float]]]:
@@ -30,6 +32,7 @@ def ratios(models: list[Path], norm: str) -> tuple[list[str], list[list[float]]]
     return [common[i] for i in order], [[row[i] for i in order] for row in table]
 
 
+@command('plot_weight_ratio')
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("caffemodels", type=Path, nargs="+")
@@ -38,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", type=Path, default=Path("figure4.png"))
     ap.add_argument("--json", type=Path, help="also write the ratios as JSON")
     args = ap.parse_args(argv)
+    check_output(args.out, '--out')
+    check_output(args.json, '--json')
     labels = args.labels or [m.stem for m in args.caffemodels]
     if len(labels) != len(args.caffemodels):
         ap.error("give one --labels entry per caffemodel")

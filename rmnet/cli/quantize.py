@@ -54,6 +54,8 @@ from rmnet.deploy.backends import OpenVINOBackend  # noqa: E402
 from rmnet.deploy.export import ExportCheckError, export, save_openvino  # noqa: E402
 from rmnet.deploy.graph import ExportError  # noqa: E402
 from rmnet.atomic import atomic_write_text  # noqa: E402
+from rmnet.atomic import check_output  # noqa: E402
+from rmnet.cli.errors import command  # noqa: E402
 
 TARGET_SPEEDUP = 1.5
 TARGET_RANK1_DROP = 1.0   # points
@@ -207,6 +209,7 @@ def parse_batches(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+@command('quantize')
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per timed repeat")
     ap.add_argument("--json", type=Path, help="write every number here")
     args = ap.parse_args(argv)
+    check_output(args.out, '--out', folder=True)
+    check_output(args.json, '--json')
     if (args.model and (args.prototxt or args.weights)) or \
             (not args.model and not (args.prototxt and args.weights)):
         ap.error("give --model, or both --prototxt and --weights")

@@ -19,9 +19,16 @@ progress line every few seconds. With ``--iters N`` the paper's schedule is scal
 iterations (lr x0.1 at 1/3 and 2/3, dropout off at 2/3).
 
 Before Caffe starts: a missing solver or net, a dataset folder that is not in the Market-1501
-layout, a snapshot folder that does not exist, or a caffemodel whose layers do not fit the net
-stop with one message. A NaN loss stops training with the iteration and the layer; the
-snapshots written before it stay as they are.
+layout, a snapshot folder that does not exist, a data layer param_str that does not parse, or a
+caffemodel whose layers do not fit the net stop with one message. A NaN loss stops training with
+the iteration and the layer; the snapshots written before it stay as they are.
+
+One trainer per run: a second ``tools/train.py`` on the same run (its snapshot prefix) is
+refused while the first is alive, and `caffe train` dies with its parent (a killed trainer
+leaves no orphaned Caffe). Ctrl-C stops Caffe, which snapshots first; the log stays complete
+and one line says where the snapshot is and how to continue (exit status 130). The log is
+``<run folder>/train.log`` (``--data``) or next to the solver's snapshots,
+``<snapshot prefix>.train.log`` (``--solver``), so runs never share a log.
 """
 from __future__ import annotations
 
@@ -34,11 +41,15 @@ from rmnet.paths import REPO  # noqa: E402
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from rmnet.train.run import (TrainingError, check_weights_fit, init_weights,  # noqa: E402
-                            inspect_solver, newest_usable_snapshot, prepare_run,
-                            run_caffe_train)
+from rmnet.atomic import check_output  # noqa: E402
+from rmnet.cli.errors import command  # noqa: E402
+from rmnet.train.run import (RunLock, TrainingError, TrainingInterrupted,  # noqa: E402
+                             check_weights_fit, init_weights, inspect_solver,
+                             newest_usable_snapshot, prepare_run, run_caffe_train,
+                             usable_snapshot)
 
 
+@command('train')
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="resume from the newest snapshot")
     ap.add_argument("--seed", type=int, default=0, help="initialisation seed")
     args = ap.parse_args(argv)
-    if args.iters is not None and args.iters < 1:
-        ap.error("--iters must be >= 1")
+    check_output(args.run_dir, '--run-dir', folder=True)
+    for name in ("iters", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if sum(x is not None and x is not False for x in (args.weights, args.snapshot, args.source,
                                                        args.resume or None)) > 1:
         ap.error("give at most one of --weights, --from, --snapshot, --resume")
@@ -72,55 +85,97 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("weights", "snapshot", "source"):
         if getattr(args, name) is not None:
             setattr(args, name, getattr(args, name).resolve())
+    prefix: Path | None = None
     try:
         if args.data is not None:
             run_dir = (args.run_dir or REPO / "runs" / args.variant).resolve()
-            if args.resume and (run_dir / "solver.prototxt").is_file():
-                # Continue the run as it was rendered (same schedule), not as today's flags say.
-                solver, cwd = run_dir / "solver.prototxt", Path.cwd()
-                paths = {"solver": solver, "deploy": run_dir / "deploy.prototxt"}
-                print(f"train: continuing the run in {run_dir}")
-            else:
-                paths = prepare_run(args.variant, args.data, run_dir, args.iters,
-                                    args.batch_size)
-                solver, cwd = paths["solver"], Path.cwd()
+            lock = RunLock(run_dir / ".train.lock")      # before anything in it is rewritten
         else:
-            solver, cwd = args.solver, REPO
-        info = inspect_solver(solver, cwd)
-        snapshot = args.snapshot
-        if args.resume:
-            snapshot = newest_usable_snapshot(cwd / info.snapshot_prefix,
-                                              log=lambda m: print(f"train: {m}"))
-            if snapshot is None:
-                raise TrainingError(f"--resume: no usable snapshot under "
-                                    f"{info.snapshot_prefix}_iter_*")
-            print(f"train: resuming from {snapshot}")
-        weights = args.weights
-        if weights is None and snapshot is None and args.data is not None:
-            weights = Path(paths["solver"]).parent / "init.caffemodel"
-            init_weights(paths["deploy"], weights, seed=args.seed, source=args.source)
-        if weights is not None:
-            check_weights_fit(info.train_net, weights, phase="TRAIN")
-        if snapshot is not None and not Path(snapshot).is_file():
-            raise TrainingError(f"{snapshot}: no such .solverstate")
-        log = Path(solver).parent / "train.log" if args.data is not None else \
-            REPO / "runs" / (Path(solver).stem + ".log")
-        print(f"train: caffe train -solver {solver} (log: {log})")
-        run_caffe_train(solver, log, weights=str(weights) if weights else None,
-                        snapshot=str(snapshot) if snapshot else None, cwd=cwd,
-                        max_iter=info.max_iter, append=snapshot is not None)
-        print(f"train: done; snapshots: {info.snapshot_prefix}_iter_*.caffemodel")
-        return 0
+            info = inspect_solver(args.solver, REPO)
+            prefix = _absolute(info.snapshot_prefix, REPO)
+            lock = RunLock(prefix.parent / f".{prefix.name}.train.lock")
+        with lock:
+            if args.data is not None:
+                solver, paths = _prepare(args, run_dir)
+                cwd = Path.cwd()
+                info = inspect_solver(solver, cwd)
+                prefix = _absolute(info.snapshot_prefix, cwd)
+            else:
+                solver, cwd, paths = args.solver, REPO, None
+            return _train(args, solver, cwd, info, prefix, paths)
+    except TrainingInterrupted as e:
+        snap = newest_usable_snapshot(prefix) if prefix is not None else None
+        where = f"snapshot {snap}" if snap else "no snapshot was written"
+        again = " ".join(a for a in (argv if argv is not None else sys.argv[1:])
+                         if a != "--resume")
+        print(f"train: {e}; {where}; continue with: tools/train.py {again} --resume",
+              file=sys.stderr)
+        return 130
     except TrainingError as e:
         print(f"train: {e}", file=sys.stderr)
         return 2
+    except OSError as e:   # an unwritable or full run folder or log: one line, not a traceback
+        print(f"train: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except Exception as e:   # DatasetError, ConfigError, ...: one line, not a traceback
-        from rmnet.generator import ConfigError
+        from rmnet.config import ConfigError
         from rmnet.data.market import DatasetError
         if isinstance(e, (DatasetError, ConfigError)):
             print(f"train: {e}", file=sys.stderr)
             return 2
         raise
+
+
+def _absolute(path: str, cwd: Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else cwd / p
+
+
+def _prepare(args, run_dir: Path) -> tuple[Path, dict]:
+    """The run folder's solver and nets: rendered for --data, or, with --resume, the run as it
+    was rendered (same schedule), not as today's flags say."""
+    if args.resume and (run_dir / "solver.prototxt").is_file():
+        changed = [f"--{n.replace('_', '-')}" for n in ("iters", "batch_size")
+                   if getattr(args, n) is not None]
+        if changed:
+            raise TrainingError(f"--resume continues the run in {run_dir} as it was rendered: "
+                                f"{', '.join(changed)} cannot change it (drop "
+                                f"{'them' if len(changed) > 1 else 'it'}, or start a new run "
+                                f"with another --run-dir)")
+        print(f"train: continuing the run in {run_dir}")
+        solver = run_dir / "solver.prototxt"
+        return solver, {"solver": solver, "deploy": run_dir / "deploy.prototxt"}
+    paths = prepare_run(args.variant, args.data, run_dir, args.iters, args.batch_size)
+    return paths["solver"], paths
+
+
+def _train(args, solver: Path, cwd: Path, info, prefix: Path, paths: dict | None) -> int:
+    """Resume point, initial weights, checks, then `caffe train` (under the run's lock)."""
+    snapshot = args.snapshot
+    if args.resume:
+        snapshot = newest_usable_snapshot(prefix, log=lambda m: print(f"train: {m}"))
+        if snapshot is None:
+            raise TrainingError(f"--resume: no usable snapshot under "
+                                f"{info.snapshot_prefix}_iter_*")
+        print(f"train: resuming from {snapshot}")
+    weights = args.weights
+    if weights is None and snapshot is None and paths is not None:
+        weights = Path(paths["solver"]).parent / "init.caffemodel"
+        init_weights(paths["deploy"], weights, seed=args.seed, source=args.source)
+    if weights is not None:
+        check_weights_fit(info.train_net, weights, phase="TRAIN")
+    if snapshot is not None:
+        problem = usable_snapshot(Path(snapshot))
+        if problem is not None:
+            raise TrainingError(f"{snapshot}: cannot resume from it: {problem}")
+    log = (Path(solver).parent / "train.log" if paths is not None
+           else prefix.parent / f"{prefix.name}.train.log")
+    print(f"train: caffe train -solver {solver} (log: {log})")
+    run_caffe_train(solver, log, weights=str(weights) if weights else None,
+                    snapshot=str(snapshot) if snapshot else None, cwd=cwd,
+                    max_iter=info.max_iter, append=snapshot is not None)
+    print(f"train: done; snapshots: {info.snapshot_prefix}_iter_*.caffemodel")
+    return 0
 
 
 if __name__ == "__main__":

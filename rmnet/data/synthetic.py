@@ -48,7 +48,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rmnet.atomic import atomic_dir
+from rmnet.atomic import atomic_dir, check_output, describe_os_error
 from rmnet.data.market import SPLITS
 
 VERSION = 1
@@ -574,9 +574,13 @@ def main(argv: list[str] | None = None) -> int:
                               images_per_id=a.images_per_id, queries_per_id=a.queries_per_id,
                               junk=a.junk, distractors=a.distractors, cameras=a.cameras,
                               height=a.height, width=a.width, seed=a.seed)
+        check_output(a.out, "--out", folder=True)
         summary = generate(a.out, cfg, overwrite=a.force)
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError) as e:      # OutputError is a ValueError
         print(f"rmnet.data.synthetic: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:                             # e.g. the disk filled up while writing
+        print(f"rmnet.data.synthetic: {describe_os_error(e)}", file=sys.stderr)
         return 2
     print(summary)
     return 0

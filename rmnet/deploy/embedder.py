@@ -185,7 +185,16 @@ class Embedder:
         return l2_normalize(np.concatenate(outs))
 
     def preprocess(self, crops: Iterable[np.ndarray]) -> np.ndarray:
-        """uint8 BGR crops of any size -> float32 (N, 3, H, W) at the model's input size."""
+        """uint8 BGR crops of any size -> float32 (N, 3, H, W) at the model's input size.
+
+        ``crops``: a list (or other iterable) of (H, W, 3) arrays, or one (N, H, W, 3) array."""
+        if crops is None or isinstance(crops, (str, os.PathLike)):
+            what = "None" if crops is None else f"a path ({crops})"
+            raise TypeError(f"crops must be a list of uint8 BGR (H, W, 3) images, got {what}"
+                            + ("; embed_paths() reads image files" if crops is not None else ""))
+        if isinstance(crops, np.ndarray) and crops.ndim == 3:
+            raise TypeError(f"crops must be a list of images, got one array of shape "
+                            f"{crops.shape}: pass [crop] for a single crop")
         h, w = self.input_size
         resized = []
         for i, crop in enumerate(crops):

@@ -190,7 +190,11 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
                             report.max_abs_diff.items())
                 + f" (max |output| {report.max_abs_ref:.4g}; "
                 + ("relative " if relative else "") + f"tolerance {tolerance:g}); "
-                "nothing written", report)
+                + ("" if relative else
+                   f"relative to the output that is "
+                   f"{max(report.max_abs_diff.values()) / max(report.max_abs_ref, 1e-30):.2g}"
+                   f" (--relative compares that instead, for nets with large outputs); ")
+                + "nothing written", report)
         # verified: move into place, each file atomically (the IR's weights before its xml)
         _move_in(onnx_tmp, out_dir / onnx_tmp.name)
         report.onnx = str(out_dir / f"{name}.onnx")

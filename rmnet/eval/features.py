@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.atomic import atomic_path
+from rmnet.atomic import atomic_write_bytes
 
 GROUPS = ("query", "gallery")
 DATASETS = ("features", "pids", "camids", "paths")
@@ -57,19 +57,24 @@ class FeatureSet:
 def write_features(path: str | os.PathLike, query: FeatureSet, gallery: FeatureSet,
                    attrs: dict | None = None) -> Path:
     """Write the HDF5 features file atomically (module doc); ``attrs`` become file attributes."""
+    import io
+
     import h5py
 
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for name, fs in (("query", query), ("gallery", gallery)):
-                g = f.create_group(name)
-                g.create_dataset("features", data=np.asarray(fs.features, np.float32))
-                g.create_dataset("pids", data=np.asarray(fs.pids, np.int64))
-                g.create_dataset("camids", data=np.asarray(fs.camids, np.int64))
-                g.create_dataset("paths", data=[str(p) for p in fs.paths],
-                                 dtype=h5py.string_dtype("utf-8"))
-            for k, v in (attrs or {}).items():
-                f.attrs[k] = v
+    # Built in memory, then written atomically: HDF5 writing straight to a full disk can crash
+    # the process; this way a full disk is an OSError naming the file, and nothing half-written.
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        for name, fs in (("query", query), ("gallery", gallery)):
+            g = f.create_group(name)
+            g.create_dataset("features", data=np.asarray(fs.features, np.float32))
+            g.create_dataset("pids", data=np.asarray(fs.pids, np.int64))
+            g.create_dataset("camids", data=np.asarray(fs.camids, np.int64))
+            g.create_dataset("paths", data=[str(p) for p in fs.paths],
+                             dtype=h5py.string_dtype("utf-8"))
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+    atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 
 

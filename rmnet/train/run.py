@@ -8,11 +8,12 @@ Used by tools/init_weights.py, tools/train.py and tools/demo.py. Users can alway
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +49,14 @@ def without_data_layer(prototxt, drop_feedback: bool = False):
         net_param.layer.extend(keep)
     for layer in net_param.layer:
         if layer.type == "Python" and layer.python_param.layer == "MarketDataLayer":
-            cfg = json.loads(layer.python_param.param_str)
-            n = cfg.get("batch_size", 64)
+            cfg = data_layer_config(layer, prototxt if not isinstance(prototxt, type(net_param))
+                                    else "the net")
+            n = cfg.batch_size
             tops, name = list(layer.top), layer.name
             layer.Clear()
             layer.name, layer.type = name, "Input"
             layer.top.extend(tops)
-            shapes = [(n, 3, cfg.get("height", 160), cfg.get("width", 64))]
+            shapes = [(n, 3, cfg.height, cfg.width)]
             for shape in shapes + [(n,)] * (len(tops) - 1):
                 layer.input_param.shape.add().dim.extend(shape)
     return net_param
@@ -186,6 +188,9 @@ def prepare_run(variant: str, data: Path, run_dir: Path, iters: int | None,
     from rmnet.data.market import load_market
 
     ds = load_market(data)
+    if ds.num_train_ids < 2:
+        raise TrainingError(f"{data}: the training split has {ds.num_train_ids} identity; "
+                            f"training a re-identification model needs at least 2")
     overrides: dict = {"num_classes": ds.num_train_ids, "data": {"root": str(data.resolve())}}
     if batch_size:
         overrides["data"]["batch_size"] = batch_size
@@ -257,7 +262,7 @@ def inspect_solver(solver: str | os.PathLike, cwd: str | os.PathLike = ".") -> S
             raise TrainingError(str(e)) from None
         for layer in net.layer:
             if layer.type == "Python" and layer.python_param.layer == "MarketDataLayer":
-                root = json.loads(layer.python_param.param_str)["root"]
+                root = data_layer_config(layer, net_path).root
                 root_path = Path(root) if Path(root).is_absolute() else cwd / root
                 if root not in roots:
                     try:
@@ -274,12 +279,78 @@ def inspect_solver(solver: str | os.PathLike, cwd: str | os.PathLike = ".") -> S
     return SolverInfo(full, train, tests, int(s.max_iter), prefix, roots)
 
 
+def data_layer_config(layer, net_path: str | os.PathLike):
+    """The ``DataConfig`` of a MarketDataLayer in a net, parsed as the layer itself will;
+    TrainingError naming the net and the layer if its param_str is wrong."""
+    from rmnet.config import ConfigError, parse_config
+    from rmnet.layers.data import DataConfig
+
+    try:
+        return parse_config(DataConfig, layer.python_param.param_str,
+                            f"{net_path}: layer {layer.name!r} (MarketDataLayer)")
+    except ConfigError as e:
+        raise TrainingError(str(e)) from None
+
+
 # --- running `caffe train` ----------------------------------------------------------------
+
+class RunLock:
+    """An exclusive lock on a run (its snapshot prefix): a second trainer on the same run is
+    refused while the first is alive, since both would write the same snapshots and log. The
+    lock is the kernel's (``flock``), so it is released when its holder dies, even by SIGKILL;
+    the file stays and records the holder's pid."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise TrainingError(f"{self.path}: another trainer (pid {holder}) is running this "
+                                f"run; wait for it or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)          # closing releases the flock
+            self._fd = None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the parent dies (Linux), so a
+    killed trainer leaves no orphaned `caffe train` writing snapshots."""
+    import ctypes
+
+    PR_SET_DEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_DEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:          # the parent is already gone
+        os._exit(1)
+
+
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C (SIGINT): Caffe stopped, snapshotting first; the log is complete."""
+
+    def __init__(self, message: str, iteration: int):
+        super().__init__(message)
+        self.iteration = iteration
+
 
 _ITER = re.compile(r"\] Iteration (\d+)")
 _LOSS = re.compile(r"\] Iteration (\d+).*, loss = (\S+)")
 _LR = re.compile(r"\] Iteration (\d+), lr = (\S+)")
-_PY_ERROR = re.compile(r"^(\w+(?:Error|Exception)): (.*)$")
+_PY_ERROR = re.compile(r"^((?:\w+\.)*\w+(?:Error|Exception)): (.*)$")   # dotted names too
 _FATAL = re.compile(r"^F\d{8} .*\] (.*)$")
 
 
@@ -289,6 +360,47 @@ def caffe_binary() -> str:
         if candidate.is_file():
             return str(candidate)
     raise TrainingError("no caffe binary next to this Python or in .venv/bin: run `make setup`")
+
+
+class _Progress:
+    """What `caffe train` has printed so far: the iteration, loss and lr, the errors, and a
+    progress line echoed at most every ``every`` seconds."""
+
+    def __init__(self, max_iter: int | None, echo: Callable[[str], None], every: float):
+        self.max_iter, self.echo, self.every = max_iter, echo, every
+        self.iteration, self.loss, self.lr = 0, float("nan"), float("nan")
+        self.errors: list[str] = []
+        self.first_iter: int | None = None
+        self.start = time.monotonic()
+        self.last_echo = 0.0
+
+    def feed(self, line: str) -> None:
+        if m := _LOSS.search(line):
+            self.iteration = int(m.group(1))
+            self.loss = float(m.group(2)) if m.group(2) not in ("nan", "-nan") else float("nan")
+        elif m := _LR.search(line):
+            self.iteration, self.lr = int(m.group(1)), float(m.group(2))
+        elif m := _ITER.search(line):
+            self.iteration = int(m.group(1))
+        else:
+            stripped = line.strip()
+            if _PY_ERROR.match(stripped) or _FATAL.match(stripped):
+                self.errors.append(stripped)
+            elif stripped.startswith("MarketDataLayer: skipped"):
+                self.echo(f"  {stripped} (every one is in the log)")
+        if self.first_iter is None and "Iteration" in line and _ITER.search(line):
+            self.first_iter = self.iteration
+            self.start = time.monotonic()
+        now = time.monotonic()
+        if (now - self.last_echo >= self.every and self.first_iter is not None
+                and self.iteration > self.first_iter):
+            self.last_echo = now
+            per = (now - self.start) / (self.iteration - self.first_iter)
+            total = f"/{self.max_iter}" if self.max_iter else ""
+            eta = (f", ETA {((self.max_iter - self.iteration) * per) / 60:.1f} min"
+                   if self.max_iter else "")
+            self.echo(f"  iteration {self.iteration}{total}  loss {self.loss:.4g}  "
+                      f"lr {self.lr:.3g}  {per:.2f} s/iter{eta}")
 
 
 def run_caffe_train(solver: str | os.PathLike, log_path: str | os.PathLike,
@@ -309,45 +421,45 @@ def run_caffe_train(solver: str | os.PathLike, log_path: str | os.PathLike,
     env = dict(os.environ)
     env.setdefault("GLOG_logtostderr", "1")
     env["GLOG_minloglevel"] = "0"       # the solver's INFO lines carry the iterations and losses
-    start = time.monotonic()
-    last_echo = 0.0
-    first_iter: int | None = None
-    iteration, loss, lr = 0, float("nan"), float("nan")
-    errors: list[str] = []
+    progress = _Progress(max_iter, echo, every)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a" if append else "w", buffering=1) as log:   # line-buffered: tail it
         log.write("$ " + " ".join(cmd) + "\n")
+        # Caffe runs in a session of its own, so a Ctrl-C in the terminal reaches only this
+        # process, which passes one SIGINT on: Caffe's own SIGINT action ("stop") snapshots,
+        # then exits, and the log keeps everything it printed until then.
         proc = subprocess.Popen(cmd, cwd=str(cwd), env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
+                                stderr=subprocess.STDOUT, text=True, errors="replace",
+                                preexec_fn=_die_with_parent, start_new_session=True)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if m := _LOSS.search(line):
-                iteration, loss = int(m.group(1)), float(m.group(2)) if m.group(2) not in ("nan", "-nan") else float("nan")
-            elif m := _LR.search(line):
-                iteration, lr = int(m.group(1)), float(m.group(2))
-            elif m := _ITER.search(line):
-                iteration = int(m.group(1))
-            else:
-                stripped = line.strip()
-                if _PY_ERROR.match(stripped) or _FATAL.match(stripped):
-                    errors.append(stripped)
-            if first_iter is None and ("Iteration" in line and _ITER.search(line)):
-                first_iter = iteration
-                start = time.monotonic()
-            now = time.monotonic()
-            if now - last_echo >= every and first_iter is not None and iteration > first_iter:
-                last_echo = now
-                per = (now - start) / (iteration - first_iter)
-                total = f"/{max_iter}" if max_iter else ""
-                eta = (f", ETA {((max_iter - iteration) * per) / 60:.1f} min"
-                       if max_iter else "")
-                echo(f"  iteration {iteration}{total}  loss {loss:.4g}  lr {lr:.3g}  "
-                     f"{per:.2f} s/iter{eta}")
-        code = proc.wait()
+        interrupted: list[int] = []
+
+        def on_sigint(signum, frame) -> None:
+            if not interrupted and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            interrupted.append(signum)
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                progress.feed(line)
+            code = proc.wait()
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
+    iteration, errors = progress.iteration, progress.errors
+    if interrupted:
+        raise TrainingInterrupted(f"interrupted at iteration {iteration}; Caffe stopped and "
+                                  f"snapshotted (full log: {log_path})", iteration)
     if code != 0:
         cause = errors[-1] if errors else f"caffe exited with code {code}"
+        if not errors and code == -signal.SIGKILL:
+            cause = ("caffe was killed (SIGKILL), most likely by the kernel for want of memory: "
+                     "the log's 'Memory required for data' lines say what the nets need; try "
+                     "a smaller batch size")
         if cause.startswith("F") and (m := _FATAL.match(cause)):
             cause = m.group(1)
         raise TrainingError(f"training stopped at iteration {iteration}: {cause} "
@@ -376,6 +488,8 @@ def usable_snapshot(state: Path) -> str | None:
     files, caffemodel first: a run killed in between leaves a state whose caffemodel is
     missing or older, and snapshots from a Caffe without the patch may be truncated. Caffe
     would abort on either."""
+    if not Path(state).is_file():
+        return "no such file"
     s = caffe_pb2().SolverState()
     try:
         s.ParseFromString(Path(state).read_bytes())
