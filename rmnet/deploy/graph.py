@@ -152,71 +152,87 @@ def included_in_test(layer) -> bool:
     return True
 
 
-def build_graph(net, blobs: dict[str, list[np.ndarray]] | None, prototxt: str | os.PathLike,
-                weights: str | os.PathLike | None = None) -> Graph:
-    """Walk the deploy net: shapes, parameter checks against the caffemodel, folding.
+class _Builder:
+    """The walk over a deploy net behind ``build_graph``: one method per layer type, the blob
+    bookkeeping (shapes, which record wrote a blob and whether anything read it since) shared."""
 
-    ``blobs=None`` checks and shapes the net only (weights all zero), e.g. for FLOPs counts.
-    Every error names ``prototxt`` (and ``weights`` for parameter mismatches) and the layer.
-    """
-    layers = [lay for lay in net.layer if included_in_test(lay)]
-    if len(net.layers):
-        raise ExportError(f"{prototxt}: V1 'layers' nets are not supported; upgrade it with "
-                          f"Caffe's upgrade_net_proto_text")
-    shapes: dict[str, tuple[int, ...]] = {}
-    g = Graph(name=net.name or Path(prototxt).stem, input_name="", input_shape=(), outputs=[])
-    open_: dict[str, object] = {}      # blob -> record whose output nothing else has read yet
-    read_since_write: dict[str, bool] = {}
-    write_order: list[str] = []
+    def __init__(self, net, blobs: dict[str, list[np.ndarray]] | None,
+                 prototxt: str | os.PathLike, weights: str | os.PathLike | None):
+        self.layers = [lay for lay in net.layer if included_in_test(lay)]
+        self.blobs, self.prototxt, self.weights = blobs, prototxt, weights
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.g = Graph(name=net.name or Path(prototxt).stem, input_name="", input_shape=(),
+                       outputs=[])
+        self.open: dict[str, object] = {}   # blob -> record whose output nothing has read yet
+        self.read_since_write: dict[str, bool] = {}
+        self.write_order: list[str] = []
 
-    def where(layer) -> str:
-        return f"{prototxt}: layer {layer.name!r} (type {layer.type})"
+    # --- bookkeeping ---------------------------------------------------------------------
 
-    def params(layer, expected: list[tuple[int, ...]]) -> list[np.ndarray]:
-        g.param_sizes[layer.name] = [int(np.prod(s)) for s in expected]
-        if blobs is None:
+    def where(self, layer) -> str:
+        return f"{self.prototxt}: layer {layer.name!r} (type {layer.type})"
+
+    def params(self, layer, expected: list[tuple[int, ...]]) -> list[np.ndarray]:
+        """The layer's blobs from the caffemodel, checked against the shapes the net needs."""
+        self.g.param_sizes[layer.name] = [int(np.prod(s)) for s in expected]
+        if self.blobs is None:
             return [np.zeros(s, np.float32) for s in expected]
-        got = blobs.get(layer.name)
+        fit = (f"{self.weights} does not fit {self.prototxt}: layer {layer.name!r} "
+               f"(type {layer.type})")
+        got = self.blobs.get(layer.name)
         if got is None:
-            raise ExportError(f"{weights} does not fit {prototxt}: layer {layer.name!r} "
-                              f"(type {layer.type}) has no parameters in the caffemodel "
-                              f"(expected {len(expected)} blobs of shapes {expected})")
+            raise ExportError(f"{fit} has no parameters in the caffemodel (expected "
+                              f"{len(expected)} blobs of shapes {expected})")
         if len(got) != len(expected):
-            raise ExportError(f"{weights} does not fit {prototxt}: layer {layer.name!r} "
-                              f"(type {layer.type}) has {len(got)} blobs in the caffemodel, "
-                              f"the prototxt needs {len(expected)} ({expected})")
+            raise ExportError(f"{fit} has {len(got)} blobs in the caffemodel, the prototxt "
+                              f"needs {len(expected)} ({expected})")
         for i, (arr, shape) in enumerate(zip(got, expected)):
             if not _fits(arr.shape, shape):
-                raise ExportError(f"{weights} does not fit {prototxt}: layer {layer.name!r} "
-                                  f"(type {layer.type}) blob {i} has shape {tuple(arr.shape)} "
-                                  f"in the caffemodel, the prototxt needs {shape}")
+                raise ExportError(f"{fit} blob {i} has shape {tuple(arr.shape)} in the "
+                                  f"caffemodel, the prototxt needs {shape}")
         return [np.asarray(a, np.float64).reshape(s) for a, s in zip(got, expected)]
 
-    def add_input(name: str, shape: tuple[int, ...], layer_desc: str) -> None:
-        if g.input_name:
+    def add_input(self, name: str, shape: tuple[int, ...], layer_desc: str) -> None:
+        if self.g.input_name:
             raise ExportError(f"{layer_desc}: a second net input {name!r}; only one input "
                               f"(the image blob) is supported")
         if len(shape) != 4 or shape[1] != 3:
             raise ExportError(f"{layer_desc}: input {name!r} has shape {shape}, expected "
                               f"N x 3 x H x W")
-        g.input_name, g.input_shape = name, shape
-        shapes[name] = shape
-        read_since_write[name] = False
-        write_order.append(name)
+        self.g.input_name, self.g.input_shape = name, shape
+        self.shapes[name] = shape
+        self.read_since_write[name] = False
+        self.write_order.append(name)
 
-    if len(net.input):   # legacy input fields
-        dims = list(net.input_shape) or []
-        if len(net.input) != 1 or (dims and len(dims) != 1):
-            raise ExportError(f"{prototxt}: only one legacy 'input' is supported")
-        shape = tuple(int(d) for d in dims[0].dim) if dims else tuple(int(d) for d in
-                                                                      net.input_dim)
-        add_input(net.input[0], shape, f"{prototxt}: input {net.input[0]!r}")
+    def write(self, blob: str, shape: tuple[int, ...], rec) -> None:
+        self.shapes[blob] = shape
+        self.read_since_write[blob] = False
+        if blob in self.write_order:
+            self.write_order.remove(blob)
+        self.write_order.append(blob)
+        if rec is not None:
+            self.open[blob] = rec
+        else:
+            self.open.pop(blob, None)
 
-    def affine(layer, a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> None:
+    def read(self, blob: str) -> None:
+        self.read_since_write[blob] = True
+        self.open.pop(blob, None)
+
+    def emit(self, rec, srcs: list[str], dst: str, shape: tuple[int, ...]) -> None:
+        """A record that reads ``srcs`` and writes ``dst`` (nothing folds into it)."""
+        self.g.records.append(rec)
+        for src in srcs:
+            self.read(src)
+        self.write(dst, shape, None)
+
+    def affine(self, layer, a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> None:
+        """A per-channel map ``x * a + b``: folded into the convolution (or map) that wrote its
+        input if nothing else reads that output, else a record of its own."""
         src, dst = layer.bottom[0], layer.top[0]
-        rec = open_.get(src)
+        rec = self.open.get(src)
         in_place = src == dst
-        foldable = rec is not None and (in_place or not _read_later(layers, layer, src))
+        foldable = rec is not None and (in_place or not _read_later(self.layers, layer, src))
         if foldable and isinstance(rec, ConvRecord):
             rec.weight = rec.weight * a[:, None, None, None]
             rec.bias = rec.bias * a + b
@@ -224,158 +240,174 @@ def build_graph(net, blobs: dict[str, list[np.ndarray]] | None, prototxt: str | 
             rec.scale, rec.shift = rec.scale * a, rec.shift * a + b
         else:
             rec = AffineRecord(layer.name, src, dst, a, b, len(shape))
-            g.records.append(rec)
-            read_since_write[src] = True
-            open_.pop(src, None)
-            write(dst, shape, rec)
+            self.g.records.append(rec)
+            self.read_since_write[src] = True
+            self.open.pop(src, None)
+            self.write(dst, shape, rec)
             return
         rec.folded.append(layer.name)
         rec.dst = dst
-        open_.pop(src, None)
-        write(dst, shape, rec)
+        self.open.pop(src, None)
+        self.write(dst, shape, rec)
         if not in_place:
-            read_since_write[src] = True
+            self.read_since_write[src] = True
 
-    def write(blob: str, shape: tuple[int, ...], rec) -> None:
-        shapes[blob] = shape
-        read_since_write[blob] = False
-        if blob in write_order:
-            write_order.remove(blob)
-        write_order.append(blob)
-        if rec is not None:
-            open_[blob] = rec
-        else:
-            open_.pop(blob, None)
+    # --- the walk ------------------------------------------------------------------------
 
-    def read(blob: str) -> None:
-        read_since_write[blob] = True
-        open_.pop(blob, None)
+    def build(self, net) -> Graph:
+        if len(net.layers):
+            raise ExportError(f"{self.prototxt}: V1 'layers' nets are not supported; upgrade "
+                              f"it with Caffe's upgrade_net_proto_text")
+        if len(net.input):   # legacy input fields
+            dims = list(net.input_shape) or []
+            if len(net.input) != 1 or (dims and len(dims) != 1):
+                raise ExportError(f"{self.prototxt}: only one legacy 'input' is supported")
+            shape = (tuple(int(d) for d in dims[0].dim) if dims
+                     else tuple(int(d) for d in net.input_dim))
+            self.add_input(net.input[0], shape, f"{self.prototxt}: input {net.input[0]!r}")
+        handlers = {"Input": self.input, "Convolution": self.convolution,
+                    "BatchNorm": self.batch_norm, "Scale": self.scale, "ReLU": self.activation,
+                    "ELU": self.activation, "Pooling": self.pooling, "Eltwise": self.eltwise}
+        seen_names: set[str] = set()
+        for layer in self.layers:
+            w = self.where(layer)
+            if layer.name in seen_names:
+                raise ExportError(f"{w}: layer name used twice")
+            seen_names.add(layer.name)
+            if layer.type not in SUPPORTED_TYPES:
+                extra = (" (a Python layer's code is not part of the model; replace it with "
+                         "Caffe built-ins for deployment)" if layer.type == "Python" else "")
+                raise ExportError(f"{w}: layer type {layer.type!r} is not supported by the "
+                                  f"exporter{extra}; supported: {', '.join(SUPPORTED_TYPES)}")
+            for bottom in layer.bottom:
+                if bottom not in self.shapes:
+                    raise ExportError(f"{w}: reads blob {bottom!r}, which no earlier layer "
+                                      f"produces")
+            if layer.type != "Input":
+                if len(layer.top) != 1:
+                    raise ExportError(f"{w}: expected exactly one top, got {list(layer.top)}")
+                if layer.type != "Eltwise" and len(layer.bottom) != 1:
+                    raise ExportError(f"{w}: expected one bottom, got {list(layer.bottom)}")
+            handlers[layer.type](layer, w)
+        g = self.g
+        if not g.input_name:
+            raise ExportError(f"{self.prototxt}: the net has no Input layer (deploy nets start "
+                              f"with one)")
+        g.outputs = [b for b in self.write_order
+                     if not self.read_since_write[b] and b != g.input_name]
+        if not g.outputs:
+            raise ExportError(f"{self.prototxt}: the net has no output blob")
+        g.shapes = self.shapes
+        return g
 
-    seen_names: set[str] = set()
-    for layer in layers:
-        w = where(layer)
-        if layer.name in seen_names:
-            raise ExportError(f"{w}: layer name used twice")
-        seen_names.add(layer.name)
-        t = layer.type
-        if t not in SUPPORTED_TYPES:
-            extra = (" (a Python layer's code is not part of the model; replace it with Caffe "
-                     "built-ins for deployment)" if t == "Python" else "")
-            raise ExportError(f"{w}: layer type {t!r} is not supported by the exporter{extra}; "
-                              f"supported: {', '.join(SUPPORTED_TYPES)}")
-        for b in layer.bottom:
-            if b not in shapes:
-                raise ExportError(f"{w}: reads blob {b!r}, which no earlier layer produces")
-        if t == "Input":
-            if len(layer.top) != 1:
-                raise ExportError(f"{w}: only one top is supported")
-            ps = list(layer.input_param.shape)
-            if len(ps) != 1:
-                raise ExportError(f"{w}: expected one input_param.shape, got {len(ps)}")
-            add_input(layer.top[0], tuple(int(d) for d in ps[0].dim), w)
-            continue
+    # --- one method per layer type -------------------------------------------------------
+
+    def input(self, layer, w: str) -> None:
         if len(layer.top) != 1:
-            raise ExportError(f"{w}: expected exactly one top, got {list(layer.top)}")
-        n_bottom = 1 if t != "Eltwise" else None
-        if n_bottom is not None and len(layer.bottom) != n_bottom:
-            raise ExportError(f"{w}: expected one bottom, got {list(layer.bottom)}")
+            raise ExportError(f"{w}: only one top is supported")
+        ps = list(layer.input_param.shape)
+        if len(ps) != 1:
+            raise ExportError(f"{w}: expected one input_param.shape, got {len(ps)}")
+        self.add_input(layer.top[0], tuple(int(d) for d in ps[0].dim), w)
+
+    def convolution(self, layer, w: str) -> None:
         src, dst = layer.bottom[0], layer.top[0]
-        in_shape = shapes[src]
+        in_shape = self.shapes[src]
+        p = layer.convolution_param
+        if p.axis != 1 or len(in_shape) != 4:
+            raise ExportError(f"{w}: only 2-D convolution over axis 1 is supported")
+        kh, kw = _pair(p.kernel_size, p.kernel_h, p.kernel_w,
+                       p.HasField("kernel_h") or p.HasField("kernel_w"), 0, w)
+        sh, sw = _pair(p.stride, p.stride_h, p.stride_w,
+                       p.HasField("stride_h") or p.HasField("stride_w"), 1, w)
+        ph, pw = _pair(p.pad, p.pad_h, p.pad_w, p.HasField("pad_h") or p.HasField("pad_w"), 0, w)
+        dh, dw = _pair(p.dilation, 1, 1, False, 1, w)
+        group = int(p.group)
+        c_in, c_out = in_shape[1], int(p.num_output)
+        if kh < 1 or kw < 1 or group < 1 or c_in % group or c_out % group:
+            raise ExportError(f"{w}: kernel {kh}x{kw}, group {group} do not fit "
+                              f"{c_in} -> {c_out} channels")
+        oh = (in_shape[2] + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+        ow = (in_shape[3] + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ExportError(f"{w}: input {in_shape[2]}x{in_shape[3]} is too small")
+        expected = [(c_out, c_in // group, kh, kw)] + ([(c_out,)] if p.bias_term else [])
+        got = self.params(layer, expected)
+        bias = got[1] if p.bias_term else np.zeros(c_out)
+        rec = ConvRecord(layer.name, src, dst, got[0], bias, (sh, sw), (ph, pw), (dh, dw), group)
+        self.g.records.append(rec)
+        self.read(src)
+        self.write(dst, (in_shape[0], c_out, oh, ow), rec)
 
-        if t == "Convolution":
-            p = layer.convolution_param
-            if p.axis != 1 or len(in_shape) != 4:
-                raise ExportError(f"{w}: only 2-D convolution over axis 1 is supported")
-            kh, kw = _pair(p.kernel_size, p.kernel_h, p.kernel_w,
-                           p.HasField("kernel_h") or p.HasField("kernel_w"), 0, w)
-            sh, sw = _pair(p.stride, p.stride_h, p.stride_w,
-                           p.HasField("stride_h") or p.HasField("stride_w"), 1, w)
-            ph, pw = _pair(p.pad, p.pad_h, p.pad_w,
-                           p.HasField("pad_h") or p.HasField("pad_w"), 0, w)
-            dh, dw = _pair(p.dilation, 1, 1, False, 1, w)
-            group = int(p.group)
-            c_in, c_out = in_shape[1], int(p.num_output)
-            if kh < 1 or kw < 1 or group < 1 or c_in % group or c_out % group:
-                raise ExportError(f"{w}: kernel {kh}x{kw}, group {group} do not fit "
-                                  f"{c_in} -> {c_out} channels")
-            oh = (in_shape[2] + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-            ow = (in_shape[3] + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-            if oh < 1 or ow < 1:
-                raise ExportError(f"{w}: input {in_shape[2]}x{in_shape[3]} is too small")
-            expected = [(c_out, c_in // group, kh, kw)] + ([(c_out,)] if p.bias_term else [])
-            got = params(layer, expected)
-            bias = got[1] if p.bias_term else np.zeros(c_out)
-            rec = ConvRecord(layer.name, src, dst, got[0], bias, (sh, sw), (ph, pw), (dh, dw), group)
-            g.records.append(rec)
-            read(src)
-            write(dst, (in_shape[0], c_out, oh, ow), rec)
-        elif t == "BatchNorm":
-            bp = layer.batch_norm_param
-            if bp.HasField("use_global_stats") and not bp.use_global_stats:
-                raise ExportError(f"{w}: use_global_stats is false (batch statistics at test "
-                                  f"time); a deploy net must use the stored statistics")
-            c = in_shape[1]
-            mean, var, factor = params(layer, [(c,), (c,), (1,)])
-            f = float(factor[0])
-            inv = 0.0 if f == 0 else 1.0 / f
-            a = 1.0 / np.sqrt(var * inv + float(bp.eps))
-            affine(layer, a, -mean * inv * a, in_shape)
-        elif t == "Scale":
-            sp = layer.scale_param
-            if sp.axis != 1 or sp.num_axes != 1:
-                raise ExportError(f"{w}: only per-channel Scale (axis 1, num_axes 1) is "
-                                  f"supported")
-            c = in_shape[1]
-            got = params(layer, [(c,)] + ([(c,)] if sp.bias_term else []))
-            affine(layer, got[0], got[1] if sp.bias_term else np.zeros(c), in_shape)
-        elif t in ("ReLU", "ELU"):
-            if t == "ReLU":
-                slope = float(layer.relu_param.negative_slope)
-                op = OpRecord(layer.name, "LeakyRelu" if slope else "Relu", [src], dst,
-                         {"alpha": slope} if slope else {})
-            else:
-                op = OpRecord(layer.name, "Elu", [src], dst, {"alpha": float(layer.elu_param.alpha)})
-            g.records.append(op)
-            read(src)
-            write(dst, in_shape, None)
-        elif t == "Pooling":
-            op, out_shape = _pooling(layer, in_shape, w)
-            g.records.append(op)
-            read(src)
-            write(dst, out_shape, None)
-        elif t == "Eltwise":
-            ep = layer.eltwise_param
-            srcs = list(layer.bottom)
-            if len(srcs) < 2:
-                raise ExportError(f"{w}: Eltwise needs at least two bottoms")
-            for s in srcs:
-                if shapes[s] != in_shape:
-                    raise ExportError(f"{w}: bottoms have different shapes "
-                                      f"({', '.join(f'{b} {shapes[b]}' for b in srcs)})")
-            coeff = [float(c) for c in ep.coeff]
-            if coeff and len(coeff) != len(srcs):
-                raise ExportError(f"{w}: {len(coeff)} coefficients for {len(srcs)} bottoms")
-            kind = caffe_pb2().EltwiseParameter.EltwiseOp.Name(ep.operation)
-            if kind != "SUM" and coeff:
-                raise ExportError(f"{w}: coefficients are only allowed with SUM")
-            op_type = {"SUM": "Sum", "PROD": "Mul", "MAX": "Max"}[kind]
-            if op_type == "Mul" and len(srcs) > 2:
-                raise ExportError(f"{w}: PROD of more than two bottoms is not supported")
-            op = OpRecord(layer.name, op_type, srcs, dst)
-            if coeff and any(c != 1.0 for c in coeff):
-                op.consts = [np.float32(c) for c in coeff]
-            g.records.append(op)
-            for s in srcs:
-                read(s)
-            write(dst, in_shape, None)
+    def batch_norm(self, layer, w: str) -> None:
+        in_shape = self.shapes[layer.bottom[0]]
+        bp = layer.batch_norm_param
+        if bp.HasField("use_global_stats") and not bp.use_global_stats:
+            raise ExportError(f"{w}: use_global_stats is false (batch statistics at test "
+                              f"time); a deploy net must use the stored statistics")
+        c = in_shape[1]
+        mean, var, factor = self.params(layer, [(c,), (c,), (1,)])
+        f = float(factor[0])
+        inv = 0.0 if f == 0 else 1.0 / f
+        a = 1.0 / np.sqrt(var * inv + float(bp.eps))
+        self.affine(layer, a, -mean * inv * a, in_shape)
 
-    if not g.input_name:
-        raise ExportError(f"{prototxt}: the net has no Input layer (deploy nets start with one)")
-    g.outputs = [b for b in write_order if not read_since_write[b] and b != g.input_name]
-    if not g.outputs:
-        raise ExportError(f"{prototxt}: the net has no output blob")
-    g.shapes = shapes
-    return g
+    def scale(self, layer, w: str) -> None:
+        in_shape = self.shapes[layer.bottom[0]]
+        sp = layer.scale_param
+        if sp.axis != 1 or sp.num_axes != 1:
+            raise ExportError(f"{w}: only per-channel Scale (axis 1, num_axes 1) is supported")
+        c = in_shape[1]
+        got = self.params(layer, [(c,)] + ([(c,)] if sp.bias_term else []))
+        self.affine(layer, got[0], got[1] if sp.bias_term else np.zeros(c), in_shape)
+
+    def activation(self, layer, w: str) -> None:
+        src, dst = layer.bottom[0], layer.top[0]
+        if layer.type == "ReLU":
+            slope = float(layer.relu_param.negative_slope)
+            op = OpRecord(layer.name, "LeakyRelu" if slope else "Relu", [src], dst,
+                          {"alpha": slope} if slope else {})
+        else:
+            op = OpRecord(layer.name, "Elu", [src], dst, {"alpha": float(layer.elu_param.alpha)})
+        self.emit(op, [src], dst, self.shapes[src])
+
+    def pooling(self, layer, w: str) -> None:
+        op, out_shape = _pooling(layer, self.shapes[layer.bottom[0]], w)
+        self.emit(op, [layer.bottom[0]], layer.top[0], out_shape)
+
+    def eltwise(self, layer, w: str) -> None:
+        ep = layer.eltwise_param
+        srcs = list(layer.bottom)
+        if len(srcs) < 2:
+            raise ExportError(f"{w}: Eltwise needs at least two bottoms")
+        in_shape = self.shapes[srcs[0]]
+        for s in srcs:
+            if self.shapes[s] != in_shape:
+                raise ExportError(f"{w}: bottoms have different shapes "
+                                  f"({', '.join(f'{b} {self.shapes[b]}' for b in srcs)})")
+        coeff = [float(c) for c in ep.coeff]
+        if coeff and len(coeff) != len(srcs):
+            raise ExportError(f"{w}: {len(coeff)} coefficients for {len(srcs)} bottoms")
+        kind = caffe_pb2().EltwiseParameter.EltwiseOp.Name(ep.operation)
+        if kind != "SUM" and coeff:
+            raise ExportError(f"{w}: coefficients are only allowed with SUM")
+        op_type = {"SUM": "Sum", "PROD": "Mul", "MAX": "Max"}[kind]
+        if op_type == "Mul" and len(srcs) > 2:
+            raise ExportError(f"{w}: PROD of more than two bottoms is not supported")
+        op = OpRecord(layer.name, op_type, srcs, layer.top[0])
+        if coeff and any(c != 1.0 for c in coeff):
+            op.consts = [np.float32(c) for c in coeff]
+        self.emit(op, srcs, layer.top[0], in_shape)
+
+
+def build_graph(net, blobs: dict[str, list[np.ndarray]] | None, prototxt: str | os.PathLike,
+                weights: str | os.PathLike | None = None) -> Graph:
+    """Walk the deploy net: shapes, parameter checks against the caffemodel, folding.
+
+    ``blobs=None`` checks and shapes the net only (weights all zero), e.g. for FLOPs counts.
+    Every error names ``prototxt`` (and ``weights`` for parameter mismatches) and the layer.
+    """
+    return _Builder(net, blobs, prototxt, weights).build(net)
 
 
 def _read_later(layers: list, layer, blob: str) -> bool:
