@@ -155,13 +155,13 @@ def test_flags_that_cannot_apply_are_refused(dataset, tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--batch-size must be >= 1" in r.stderr
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "solver.prototxt").write_text("# a rendered run\n")
+    prepare_run("light", dataset, run, 6, batch_size=8, log=lambda m: None)
     r = subprocess.run([*TOOL, "--data", str(dataset), "--run-dir", str(run), "--resume",
                         "--iters", "10", "--batch-size", "4"], capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 2
-    assert "--iters, --batch-size cannot change it" in r.stderr and "Traceback" not in r.stderr
+                       timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert ("--iters 10 (the run has 6), --batch-size 4 (the run has 8) cannot change it"
+            in r.stderr)
 
 
 def test_a_data_layer_param_str_that_is_not_json_is_one_line(dataset, tmp_path):

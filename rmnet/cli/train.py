@@ -42,9 +42,10 @@ from rmnet.paths import REPO  # noqa: E402
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 from rmnet.atomic import check_output  # noqa: E402
+from rmnet.caffe.protos import read_net  # noqa: E402
 from rmnet.cli.errors import command  # noqa: E402
 from rmnet.train.run import (RunLock, TrainingError, TrainingInterrupted,  # noqa: E402
-                             check_weights_fit, init_weights, inspect_solver,
+                             check_weights_fit, data_layer_config, init_weights, inspect_solver,
                              newest_usable_snapshot, prepare_run, run_caffe_train,
                              usable_snapshot)
 
@@ -135,18 +136,30 @@ def _prepare(args, run_dir: Path) -> tuple[Path, dict]:
     """The run folder's solver and nets: rendered for --data, or, with --resume, the run as it
     was rendered (same schedule), not as today's flags say."""
     if args.resume and (run_dir / "solver.prototxt").is_file():
-        changed = [f"--{n.replace('_', '-')}" for n in ("iters", "batch_size")
-                   if getattr(args, n) is not None]
+        solver = run_dir / "solver.prototxt"
+        rendered = rendered_settings(solver, run_dir)
+        changed = [f"--{n.replace('_', '-')} {getattr(args, n)} (the run has {rendered[n]})"
+                   for n in ("iters", "batch_size")
+                   if getattr(args, n) is not None and getattr(args, n) != rendered[n]]
         if changed:
             raise TrainingError(f"--resume continues the run in {run_dir} as it was rendered: "
                                 f"{', '.join(changed)} cannot change it (drop "
                                 f"{'them' if len(changed) > 1 else 'it'}, or start a new run "
                                 f"with another --run-dir)")
         print(f"train: continuing the run in {run_dir}")
-        solver = run_dir / "solver.prototxt"
         return solver, {"solver": solver, "deploy": run_dir / "deploy.prototxt"}
     paths = prepare_run(args.variant, args.data, run_dir, args.iters, args.batch_size)
     return paths["solver"], paths
+
+
+def rendered_settings(solver: Path, cwd: Path) -> dict:
+    """The schedule length and batch size a rendered run was made with."""
+    info = inspect_solver(solver, cwd)
+    batch = None
+    for layer in read_net(info.train_net).layer:
+        if layer.type == "Python" and layer.python_param.layer == "MarketDataLayer":
+            batch = data_layer_config(layer, info.train_net).batch_size
+    return {"iters": info.max_iter, "batch_size": batch}
 
 
 def _train(args, solver: Path, cwd: Path, info, prefix: Path, paths: dict | None) -> int:
