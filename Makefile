@@ -2,7 +2,8 @@
 #   make setup         Debian packages, Caffe built from source (cached), .venv wired to it
 #   make test          setup if needed, then the whole test suite
 #   make demo          the main job: synthetic dataset, train the light RMNet, evaluate (~10 min)
-#                      make demo DATA=/path/to/Market-1501-layout ITERS=N   on another dataset
+#                      make demo DATA=/path/to/dataset [FORMAT=msmt17|cuhk03-labeled|...] ITERS=N
+#                                         on another dataset (any layout rmnet.data.datasets reads)
 #   make train DATA=/path/to/Market-1501-v15.09.15    the paper's full training (150k iterations)
 #   make prototxt      regenerate prototxt/ and solvers/ from rmnet/generator/ (committed files)
 #   make ablations     render the Table 2 rows into runs/ablations/{prototxt,solvers}/
@@ -13,6 +14,7 @@ PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 DATA ?=
 ITERS ?=
+FORMAT ?=
 
 .PHONY: setup test demo train prototxt ablations docker-check
 
@@ -23,11 +25,11 @@ test: setup
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
 demo: setup
-	$(PYTHON) tools/demo.py $(if $(DATA),--data "$(DATA)") $(if $(ITERS),--iters $(ITERS))
+	$(PYTHON) tools/demo.py $(if $(DATA),--data "$(DATA)") $(if $(FORMAT),--format $(FORMAT)) $(if $(ITERS),--iters $(ITERS))
 
 train: setup
 	@if [ -z "$(DATA)" ]; then echo "usage: make train DATA=/path/to/Market-1501-v15.09.15 [ITERS=N]" >&2; exit 2; fi
-	$(PYTHON) tools/train.py --data "$(DATA)" $(if $(ITERS),--iters $(ITERS))
+	$(PYTHON) tools/train.py --data "$(DATA)" $(if $(FORMAT),--format $(FORMAT)) $(if $(ITERS),--iters $(ITERS))
 
 prototxt: setup
 	$(PYTHON) -m rmnet.generator --out prototxt --solvers solvers

@@ -131,7 +131,8 @@ def test_rerank_and_euclidean_run(first_run, work):
                                     "--json", out)
     assert code == 0, stderr
     rr = json.loads(out.read_text())
-    assert rr["config"]["rerank"] == {"k1": 6, "k2": 3, "lambda": 0.3}
+    assert rr["config"]["rerank"] == {"k1": 6, "k2": 3, "lambda": 0.3,
+                                     "convention": "authors"}
     assert rr["mAP"] != res["mAP"] and "k-reciprocal re-ranking" in stdout
     out = work / "euclid.json"
     code, _, stderr = run_tool("--features", cache, "--distance", "euclidean", "--json", out)

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from rmnet.eval.metrics import euclidean_distance, evaluate_rank
-from rmnet.eval.rerank import re_rank, re_rank_features, smallest_k_sorted
+from rmnet.eval.rerank import re_rank, re_rank_convention, re_rank_features, smallest_k_sorted
 
 
 def reference_rerank(qf: np.ndarray, gf: np.ndarray, k1: int, k2: int, lam: float,
-                     metric: str = "euclidean") -> np.ndarray:
+                     metric: str = "euclidean", power: int = 1) -> np.ndarray:
     x = np.concatenate([qf, gf]).astype(np.float64)
     n, nq = len(x), len(qf)
     if metric == "cosine":
@@ -30,6 +30,7 @@ def reference_rerank(qf: np.ndarray, gf: np.ndarray, k1: int, k2: int, lam: floa
                 d[i, j] = np.sum((x[i] - x[j]) ** 2)
             else:
                 d[i, j] = 1.0 - np.dot(x[i], x[j])
+    d = d ** power
     D = np.array([d[i] / d[i].max() for i in range(n)])
     ranking = [list(np.argsort(D[i], kind="stable")) for i in range(n)]
 
@@ -99,12 +100,37 @@ def test_cosine_matches_reference_and_equals_euclidean_on_unit_features():
                                atol=2e-5)
 
 
-def test_distance_matrix_interface_matches_features_interface():
+def test_distance_matrix_interface_squares_its_inputs():
+    """re_rank squares the blocks, as the authors' and torchreid's functions of that name: plain
+    Euclidean blocks give the authors' method (= re_rank_features), squared blocks (what
+    torchreid passes) give the square of the authors' distance (= the torchreid convention)."""
     rng = np.random.default_rng(6)
     qf, gf = rng.normal(size=(10, 6)), rng.normal(size=(25, 6))
+    eu = lambda a, b: euclidean_distance(a, b)  # noqa: E731
     sq = lambda a, b: euclidean_distance(a, b, squared=True)  # noqa: E731
+    authors = reference_rerank(qf, gf, 6, 3, 0.3)
+    torchreid = reference_rerank(qf, gf, 6, 3, 0.3, power=2)
+    assert np.abs(authors - torchreid).max() > 1e-2        # the conventions really differ
+    got = re_rank(eu(qf, gf), eu(qf, qf), eu(gf, gf), k1=6, k2=3, lambda_value=0.3)
+    np.testing.assert_allclose(got, authors, atol=2e-5)
     got = re_rank(sq(qf, gf), sq(qf, qf), sq(gf, gf), k1=6, k2=3, lambda_value=0.3)
-    np.testing.assert_allclose(got, reference_rerank(qf, gf, 6, 3, 0.3), atol=2e-5)
+    np.testing.assert_allclose(got, torchreid, atol=2e-5)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_conventions_match_the_reference(metric):
+    rng = np.random.default_rng(8)
+    centres = rng.normal(size=(5, 8))
+    qf = centres[rng.integers(0, 5, 12)] + 0.6 * rng.normal(size=(12, 8))
+    gf = centres[rng.integers(0, 5, 30)] + 0.6 * rng.normal(size=(30, 8))
+    for convention, power in (("authors", 1), ("torchreid", 2)):
+        got = re_rank_convention(qf, gf, convention, k1=6, k2=3, lambda_value=0.3, metric=metric)
+        np.testing.assert_allclose(got, reference_rerank(qf, gf, 6, 3, 0.3, metric, power),
+                                   atol=2e-5)
+    np.testing.assert_array_equal(re_rank_convention(qf, gf, "authors", k1=6, k2=3, metric=metric),
+                                  re_rank_features(qf, gf, k1=6, k2=3, metric=metric))
+    with pytest.raises(ValueError, match="convention 'fastreid'"):
+        re_rank_convention(qf, gf, "fastreid")
 
 
 def test_smallest_k_sorted_equals_stable_argsort_with_ties():

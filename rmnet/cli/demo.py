@@ -4,6 +4,7 @@ under the real `caffe train`, and show that it learnt.
 
     .venv/bin/python tools/demo.py                          # synthetic dataset, ~10 min on 2 cores
     .venv/bin/python tools/demo.py --data /path/to/Market-1501-layout --iters 2000
+    .venv/bin/python tools/demo.py --data /path/to/cuhk03-np --format cuhk03-labeled
 
 Steps, each printed as it runs:
 
@@ -43,14 +44,15 @@ DEFAULT_BATCH = 32
 MIN_RATIO = 2.0           # trained / untrained mAP that counts as "it learnt"
 
 
-def evaluate(deploy: Path, weights: Path, root: Path, desc: str) -> dict:
-    """Rank-1/5/10/20, mAP (both conventions), mINP of a caffemodel on ``root``'s query/gallery."""
+def evaluate(deploy: Path, weights: Path, root: Path, desc: str, dataset=None) -> dict:
+    """Rank-1/5/10/20, mAP (both conventions), mINP of a caffemodel on ``root``'s query/gallery
+    (``dataset``: the parsed root, any format of rmnet.data.datasets; else read as Market)."""
     from rmnet.data.market import load_market
     from rmnet.deploy.backends import PycaffeBackend
     from rmnet.eval.evaluate import evaluate as evaluate_dataset
 
-    return evaluate_dataset(PycaffeBackend(deploy, weights), load_market(root),
-                            desc=desc).result.to_json()
+    ds = dataset if dataset is not None else load_market(root)
+    return evaluate_dataset(PycaffeBackend(deploy, weights), ds, desc=desc).result.to_json()
 
 
 def table(untrained: dict, trained: dict) -> str:
@@ -75,7 +77,9 @@ def verdict(untrained_map: float, trained_map: float, min_ratio: float) -> tuple
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, help="Market-1501-layout folder (default: synthetic)")
+    ap.add_argument("--data", type=Path, help="dataset folder, any format of "
+                    "rmnet.data.datasets (default: synthetic)")
+    ap.add_argument("--format", help="with --data: its format (default: detected)")
     ap.add_argument("--iters", type=int, default=DEFAULT_ITERS)
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "demo")
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from rmnet.generator import ConfigError
     from rmnet.atomic import atomic_write_text
-    from rmnet.data.market import DatasetError, load_market
+    from rmnet.data.datasets import load_dataset
+    from rmnet.data.market import DatasetError
     from rmnet.train.run import (TrainingError, calibrate_batchnorm, final_snapshot, init_weights,
                                 prepare_run, run_caffe_train, train_images)
 
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print("[1/5] dataset", flush=True)
         if args.data is not None:
             root = args.data.resolve()
-            load_market(root)
+            print("  " + load_dataset(root, args.format).summary())
         else:
             from rmnet.data.synthetic import SyntheticConfig, generate
             root = out / "synthetic"
@@ -113,15 +118,17 @@ def main(argv: list[str] | None = None) -> int:
                 generate(root, cfg, overwrite=root.exists())
 
         print("[2/5] nets, solver and initial weights", flush=True)
-        paths = prepare_run("light", root, out / "run", args.iters, args.batch_size)
+        fmt = args.format if args.data is not None else None
+        ds = load_dataset(root, fmt)
+        paths = prepare_run("light", root, out / "run", args.iters, args.batch_size, format=fmt)
         init = paths["solver"].parent / "init.caffemodel"
         init_weights(paths["deploy"], init, seed=args.seed, log=lambda m: print("  " + m))
 
         print("[3/5] the untrained network", flush=True)
         calibrated = paths["solver"].parent / "untrained_bn.caffemodel"
-        calibrate_batchnorm(paths["deploy"], init, train_images(root), calibrated,
+        calibrate_batchnorm(paths["deploy"], init, train_images(root, fmt), calibrated,
                             seed=args.seed)
-        untrained = evaluate(paths["deploy"], calibrated, root, "untrained features")
+        untrained = evaluate(paths["deploy"], calibrated, ds.root, "untrained features", ds)
         print(f"  rank-1 {100 * untrained['cmc']['1']:.1f}%  mAP {100 * untrained['mAP']:.1f}%")
 
         print(f"[4/5] caffe train, {args.iters} iterations "
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         model = final_snapshot(paths["snapshots"] / "light", args.iters)
 
         print("[5/5] the trained network", flush=True)
-        trained = evaluate(paths["deploy"], model, root, "trained features")
+        trained = evaluate(paths["deploy"], model, ds.root, "trained features", ds)
         from rmnet.train.log import read_caffe_log
         from rmnet.train.plots import plot_training
         curves = out / "training.png"

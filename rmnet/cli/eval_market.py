@@ -1,4 +1,6 @@
-"""Evaluate a person re-identification model on Market-1501 (or any root in its layout).
+"""Evaluate a person re-identification model on Market-1501 or any dataset rmnet.data.datasets
+reads (MSMT17, CUHK03-NP, DukeMTMC-reID, custom folders or lists; --format, else detected): the
+model may come from training on another set (cross-dataset evaluation).
 
     # extract descriptors with a caffemodel and score them
     .venv/bin/python tools/eval_market.py --prototxt prototxt/light/deploy.prototxt \\
@@ -20,7 +22,13 @@ Descriptors (rmnet/eval/features.py): images resized to the prototxt's Input siz
 the net's last output (or --blob), L2-normalised; --flip adds the mirrored image's descriptor
 (concatenated, normalised again). --cache FILE.h5 stores them with the sha256 of the prototxt and
 caffemodel, the flip flag and the blob name, and is reused only when all of those and the image
-list match. --rerank applies k-reciprocal re-ranking (rmnet/eval/rerank.py) before scoring.
+list match. --rerank applies k-reciprocal re-ranking (rmnet/eval/rerank.py) before scoring, in
+the authors' convention or torchreid's (--rerank-convention; the output and JSON say which).
+
+Verification: the ROC of "same person" decisions over the non-junk (query, gallery) pairs, TPR
+at FPR 1e-4, 1e-3, 1e-2 in the output and the JSON ("roc"), the curve with --roc out.png.
+Without camera ids (custom data) the same-camera exclusion cannot apply: the output and the JSON
+("camera_ids": false) say so.
 
 Bad input (missing folders, unparseable names, corrupt or wrongly shaped images, a caffemodel
 that does not fit the prototxt, a malformed features file) ends with a one-line message naming
@@ -45,14 +53,15 @@ from rmnet.caffe.caffemodel import WeightsError, sha256_file  # noqa: E402
 from rmnet.atomic import check_output  # noqa: E402
 from rmnet.cli.errors import command  # noqa: E402
 from rmnet.data.images import ImageError  # noqa: E402
-from rmnet.data.market import DatasetError, load_market, pids_camids  # noqa: E402
+from rmnet.data.market import DatasetError, pids_camids  # noqa: E402
+from rmnet.data.datasets import FORMATS, load_dataset  # noqa: E402
 from rmnet.deploy.backends import PycaffeBackend, RuntimeUnavailable  # noqa: E402
 from rmnet.deploy.embedder import Embedder  # noqa: E402
 from rmnet.deploy.export import ExportCheckError  # noqa: E402
 from rmnet.eval.descriptors import describe  # noqa: E402
 from rmnet.eval.evaluate import Rerank, score  # noqa: E402
 from rmnet.eval.features import FeatureSet, FeaturesFileError, read_features, write_features  # noqa: E402
-from rmnet.eval.metrics import RankResult, ranked_gallery  # noqa: E402
+from rmnet.eval.metrics import ROC_FPRS, RankResult, ranked_gallery, roc_curve  # noqa: E402
 
 PROG = "eval_market"
 # Features-file attributes that must match for a cache to be reused.
@@ -94,7 +103,7 @@ def extract_dataset(args) -> tuple[FeatureSet, FeatureSet, dict]:
     for p, what in ((args.prototxt, "prototxt"), (args.weights, "caffemodel")):
         if not p.is_file():
             raise UsageError(f"{p}: no such {what} file")
-    ds = load_market(args.data)
+    ds = load_dataset(args.data, None if args.format == "auto" else args.format)
     log(ds.summary())
     want = {"prototxt_sha256": sha256_file(args.prototxt),
             "weights_sha256": sha256_file(args.weights),
@@ -130,7 +139,8 @@ def extract_dataset(args) -> tuple[FeatureSet, FeatureSet, dict]:
         f"{' (two forward passes each: --flip)' if args.flip else ''}; "
         f"{q.features.shape[1]}-d descriptors")
     attrs = dict(want, prototxt=str(args.prototxt), weights=str(args.weights),
-                 data_root=str(ds.root.resolve()), images_per_second=rate)
+                 data_root=str(ds.root.resolve()), images_per_second=rate,
+                 data_format=ds.layout, camera_ids=int(ds.has_camids))
     if args.cache:
         write_features(args.cache, q, g, attrs)
         log(f"wrote features cache {args.cache}")
@@ -235,7 +245,10 @@ def parse_args(argv: list[str] | None):
     src = ap.add_argument_group("model and data")
     src.add_argument("--prototxt", type=Path, help="deploy prototxt (with an Input layer)")
     src.add_argument("--weights", type=Path, help="caffemodel")
-    src.add_argument("--data", type=Path, help="Market-1501 root (bounding_box_test/, query/)")
+    src.add_argument("--data", type=Path, help="dataset root (any format of rmnet.data.datasets: "
+                     "Market-1501, DukeMTMC-reID, MSMT17, CUHK03-NP, custom folders or lists)")
+    src.add_argument("--format", default="auto", choices=("auto",) + FORMATS,
+                     help="the layout of --data (default: detected from the folder)")
     src.add_argument("--features", type=Path,
                      help="score this features HDF5 file instead of extracting")
     src.add_argument("--cache", type=Path, help="features HDF5 to reuse or write")
@@ -254,6 +267,11 @@ def parse_args(argv: list[str] | None):
     sc = ap.add_argument_group("scoring")
     sc.add_argument("--distance", choices=("cosine", "euclidean"), default="cosine")
     sc.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    sc.add_argument("--rerank-convention", choices=("authors", "torchreid"), default="authors",
+                    help="authors: squared Euclidean original distance, as the authors' code "
+                         "(default); torchreid: that distance squared again, as torchreid's "
+                         "pipeline (rmnet/eval/rerank.py)")
+    sc.add_argument("--roc", type=Path, help="PNG of the verification ROC (TPR vs FPR)")
     sc.add_argument("--k1", type=int, default=20)
     sc.add_argument("--k2", type=int, default=6)
     sc.add_argument("--lambda", dest="lambda_value", type=float, default=0.3)
@@ -277,7 +295,7 @@ def parse_args(argv: list[str] | None):
             ap.error(f"--{opt.replace('_', '-')} must be >= 1")
     if args.max_aspect_change and args.max_aspect_change < 1:
         ap.error("--max-aspect-change must be >= 1 (or 0 to disable)")
-    for opt in ("json", "cache", "rank_list"):       # before any extraction work
+    for opt in ("json", "cache", "rank_list", "roc"):       # before any extraction work
         check_output(getattr(args, opt), f"--{opt.replace('_', '-')}")
     return args
 
@@ -290,15 +308,24 @@ def run(args) -> int:
         q, g, attrs = extract_dataset(args)
         source = str(args.weights)
     t = time.perf_counter()
-    rerank = Rerank(args.k1, args.k2, args.lambda_value) if args.rerank else None
+    rerank = Rerank(args.k1, args.k2, args.lambda_value, args.rerank_convention) \
+        if args.rerank else None
     dist, res = score(q, g, args.distance, rerank, args.max_rank)
     t_score = time.perf_counter() - t
     rr = rerank.describe() if rerank else "no re-ranking"
+    camera_ids = bool(int(attrs.get("camera_ids", 1)))
     flip = attrs.get("flip")
     title = (f"{source}: {len(q)} queries x {len(g)} gallery, "
              f"{q.features.shape[1]}-d{', flip' if flip in (1, True) else ''}, "
              f"{args.distance} distance, {rr}")
-    print(results_table(res, title), flush=True)
+    if not camera_ids:
+        title += ("\nno camera ids: the same-camera exclusion was not applied (every gallery "
+                  "image counts as another camera)")
+    roc = roc_curve(dist, q.pids, g.pids, q.camids, g.camids)
+    table = results_table(res, title)
+    table += "\n" + "  ".join(f"TPR@FPR={t:g} {100 * v:.2f} %"
+                              for t, v in ((t, roc.tpr_at_fpr(t)) for t in ROC_FPRS))
+    print(table, flush=True)
     ids = np.unique(g.pids[g.pids > 0])
     if len(ids) < 2:
         log(f"warning: the gallery holds {len(ids)} identity: every query's true match ranks "
@@ -308,12 +335,21 @@ def run(args) -> int:
         out = res.to_json()
         out["config"] = {"source": source, "distance": args.distance,
                          "rerank": {"k1": args.k1, "k2": args.k2,
-                                    "lambda": args.lambda_value} if args.rerank else None,
+                                    "lambda": args.lambda_value,
+                                    "convention": args.rerank_convention}
+                         if args.rerank else None,
+                         "camera_ids": camera_ids, "same_camera_exclusion": camera_ids,
+                         "data_format": attrs.get("data_format"),
                          "flip": None if flip is None else bool(flip),
                          "feature_dim": int(q.features.shape[1]),
                          "num_query": len(q), "num_gallery": len(g)}
+        out["roc"] = roc.to_json()
         atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
         log(f"wrote {args.json}")
+    if args.roc:
+        from rmnet.eval.roc_plot import plot_roc
+        plot_roc(roc, args.roc, title=f"{Path(source).name}, {rr}")
+        log(f"wrote {args.roc}")
     if args.rank_list:
         write_rank_list(args, dist, q, g, attrs)
     return 0

@@ -3,6 +3,10 @@
 
     # the paper's full settings on a Market-1501 folder (what `make train DATA=...` runs):
     .venv/bin/python tools/train.py --data /data/Market-1501-v15.09.15
+    # another benchmark, or several trained on together (identities kept apart):
+    .venv/bin/python tools/train.py --data /data/MSMT17_V1 --trainval
+    .venv/bin/python tools/train.py --data /data/Market-1501,/data/cuhk03-np \\
+        --format market,cuhk03-detected
     # another variant / Table 2 row, a shorter schedule, a pre-trained backbone:
     .venv/bin/python tools/train.py --data DIR --variant t2_5_push --iters 20000
     .venv/bin/python tools/train.py --data DIR --from backbone.caffemodel
@@ -13,14 +17,14 @@
 
 With --data, the variant's nets and solver are rendered into the run folder (default
 ``runs/<variant>``) for that dataset (its number of training identities becomes the class
-count), an initial caffemodel is written (orthogonal + MSRA, paper V.ii; ``--from`` copies a
+count; with several sets, the sum), an initial caffemodel is written (orthogonal + MSRA, paper V.ii; ``--from`` copies a
 pre-trained backbone by layer name), and `caffe train` runs with its log in the run folder and a
 progress line every few seconds. With ``--iters N`` the paper's schedule is scaled to N
 iterations (lr x0.1 at 1/3 and 2/3, dropout off at 2/3).
 
-Before Caffe starts: a missing solver or net, a dataset folder that is not in the Market-1501
-layout, a snapshot folder that does not exist, a data layer param_str that does not parse, or a
-caffemodel whose layers do not fit the net stop with one message. A NaN loss stops training with
+Before Caffe starts: a missing solver or net, a dataset folder in no known layout
+(rmnet.data.datasets), a snapshot folder that does not exist, a data layer param_str that does
+not parse, or a caffemodel whose layers do not fit the net stop with one message. A NaN loss stops training with
 the iteration and the layer; the snapshots written before it stay as they are.
 
 One trainer per run: a second ``tools/train.py`` on the same run (its snapshot prefix) is
@@ -44,6 +48,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 from rmnet.atomic import check_output  # noqa: E402
 from rmnet.caffe.protos import read_net  # noqa: E402
 from rmnet.cli.errors import command  # noqa: E402
+from rmnet.data.datasets import FORMATS, split_list  # noqa: E402
 from rmnet.train.run import (RunLock, TrainingError, TrainingInterrupted,  # noqa: E402
                              check_weights_fit, data_layer_config, init_weights, inspect_solver,
                              newest_usable_snapshot, prepare_run, run_caffe_train,
@@ -55,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=Path, help="Market-1501-layout dataset folder")
+    src.add_argument("--data", action="append",
+                     help="dataset folder (any format of rmnet.data.datasets); repeat it or "
+                          "separate by commas to train on several sets at once")
     src.add_argument("--solver", type=Path, help="an existing solver (e.g. solvers/market.prototxt)")
     ap.add_argument("--variant", default="light", help="with --data (default: %(default)s)")
     ap.add_argument("--run-dir", type=Path, help="with --data (default: runs/<variant>)")
@@ -67,7 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snapshot", type=Path, help="resume from this .solverstate")
     ap.add_argument("--resume", action="store_true", help="resume from the newest snapshot")
     ap.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    ap.add_argument("--format", action="append",
+                    help="with --data: the dataset format, one for all sets or one per set "
+                         "(comma-separated or repeated; 'auto' detects), one of: "
+                         "auto, " + ", ".join(FORMATS))
+    ap.add_argument("--trainval", action="store_true",
+                    help="with --data: MSMT17 trains on list_train + list_val")
     args = ap.parse_args(argv)
+    if args.data is not None:
+        args.data = [Path(d) for d in split_list(args.data)]
+    formats = [None if f == "auto" else f for f in split_list(args.format)]
+    if any(f is not None and f not in FORMATS for f in formats):
+        ap.error(f"--format: one of auto, {', '.join(FORMATS)}")
+    if formats and args.data and len(formats) not in (1, len(args.data)):
+        ap.error(f"--format: {len(formats)} formats for {len(args.data)} --data folders "
+                 f"(give one for all, or one per folder)")
+    args.formats = (formats[0] if len(formats) == 1 else formats) if formats else None
     check_output(args.run_dir, '--run-dir', folder=True)
     for name in ("iters", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -79,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         given = [f"--{name.replace('_', '-')}" for name in ("run_dir", "iters", "batch_size")
                  if getattr(args, name) is not None]
         given += ["--from"] if args.source else []
+        given += ["--format"] if args.format else []
+        given += ["--trainval"] if args.trainval else []
         given += ["--variant"] if args.variant != "light" else []
         if given:
             ap.error(f"{', '.join(given)} apply with --data (a --solver is used as it is)")
@@ -148,7 +172,8 @@ def _prepare(args, run_dir: Path) -> tuple[Path, dict]:
                                 f"with another --run-dir)")
         print(f"train: continuing the run in {run_dir}")
         return solver, {"solver": solver, "deploy": run_dir / "deploy.prototxt"}
-    paths = prepare_run(args.variant, args.data, run_dir, args.iters, args.batch_size)
+    paths = prepare_run(args.variant, args.data, run_dir, args.iters, args.batch_size,
+                        format=args.formats, trainval=args.trainval)
     return paths["solver"], paths
 
 

@@ -182,6 +182,11 @@ class Dataset:
     train: list[Record]
     query: list[Record]
     gallery: list[Record]
+    # False when the source has no camera ids (custom data): the camids are then synthetic
+    # (query 1, gallery 2, train 1), so the same-camera exclusion never applies.
+    has_camids: bool = True
+    # Images of a published validation split not in ``train`` (MSMT17's list_val.txt).
+    val: list[Record] = field(default_factory=list)
     train_pids: tuple[int, ...] = field(init=False)
     _labels: dict[int, int] = field(init=False, repr=False)
 
@@ -223,7 +228,12 @@ class Dataset:
                 dis = sum(r.pid == DISTRACTOR_PID for r in recs)
                 extra = f", {junk} junk, {dis} distractors"
             cams = len({r.camid for r in recs})
-            parts.append(f"{name} {len(recs)} images of {len(ids)} ids on {cams} cameras{extra}")
+            where = f" on {cams} cameras" if self.has_camids else ""
+            parts.append(f"{name} {len(recs)} images of {len(ids)} ids{where}{extra}")
+        if self.val:
+            parts.append(f"val {len(self.val)} images (not trained on)")
+        if not self.has_camids:
+            parts.append("no camera ids (same-camera exclusion not applied)")
         return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
 
 

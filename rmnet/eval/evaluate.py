@@ -19,13 +19,16 @@ from rmnet.eval.metrics import RankResult, compute_distance, evaluate_rank
 
 @dataclass(frozen=True)
 class Rerank:
-    """k-reciprocal re-ranking parameters (Zhong et al.'s defaults)."""
+    """k-reciprocal re-ranking parameters (Zhong et al.'s defaults) and the convention of its
+    original distance (rmnet.eval.rerank: "authors" or "torchreid")."""
     k1: int = 20
     k2: int = 6
     lambda_value: float = 0.3
+    convention: str = "authors"
 
     def describe(self) -> str:
-        return f"k-reciprocal re-ranking (k1 {self.k1}, k2 {self.k2}, lambda {self.lambda_value:g})"
+        return (f"k-reciprocal re-ranking (k1 {self.k1}, k2 {self.k2}, lambda "
+                f"{self.lambda_value:g}, {self.convention} convention)")
 
 
 @dataclass
@@ -40,10 +43,10 @@ def score(query: FeatureSet, gallery: FeatureSet, distance: str = "cosine",
           rerank: Rerank | None = None, max_rank: int = 20) -> tuple[np.ndarray, RankResult]:
     """Distances (re-ranked with ``rerank``) and the Market-1501 metrics of two feature sets."""
     if rerank is not None:
-        from rmnet.eval.rerank import re_rank_features
-        dist = re_rank_features(query.features, gallery.features, k1=rerank.k1, k2=rerank.k2,
-                                lambda_value=rerank.lambda_value,
-                                metric="cosine" if distance == "cosine" else "euclidean")
+        from rmnet.eval.rerank import re_rank_convention
+        dist = re_rank_convention(query.features, gallery.features, rerank.convention,
+                                  k1=rerank.k1, k2=rerank.k2, lambda_value=rerank.lambda_value,
+                                  metric="cosine" if distance == "cosine" else "euclidean")
     else:
         dist = compute_distance(query.features, gallery.features, distance)
     return dist, evaluate_rank(dist, query.pids, gallery.pids, query.camids, gallery.camids,

@@ -315,3 +315,112 @@ def ranked_gallery(distmat_row: np.ndarray, q_pid: int, q_camid: int, g_pids, g_
     if not keep_junk:
         order, kind = order[~junk], kind[~junk]
     return order[:top_k], kind[:top_k]
+
+
+# --- verification: ROC and TPR at a false-positive rate ---------------------------------------
+
+ROC_FPRS = (1e-4, 1e-3, 1e-2)
+
+
+@dataclass(frozen=True)
+class RocResult:
+    """The ROC of "same person?" decisions ``distance <= t`` over (query, gallery) pairs.
+
+    Pairs follow the ranking protocol: junk pairs (gallery pid -1, or same pid and same camera)
+    are left out; positives are same-pid pairs on different cameras, negatives every pair of
+    different pids (distractors included). ``fpr``/``tpr``: the exact step curve, from (0, 0)
+    to (1, 1), with a point just below and at each distinct positive distance (``thresholds``,
+    -inf/inf at the ends). ``pos_values``: the distinct positive distances, ascending;
+    ``pos_le``/``neg_le``: how many positives/negatives are <= each (what the TPR at an FPR
+    needs: the best threshold is always one of the positive distances).
+    """
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+    num_positive: int
+    num_negative: int
+    pos_values: np.ndarray = field(repr=False)
+    pos_le: np.ndarray = field(repr=False)
+    neg_le: np.ndarray = field(repr=False)
+
+    def tpr_at_fpr(self, target: float) -> float:
+        """The largest TPR over thresholds whose FPR is at most ``target``: with
+        ``m = floor(target * num_negative)`` negatives allowed, the fraction of positives
+        below the (m+1)-th smallest negative distance (a positive tied with it would accept
+        it). fast-reid reports the TPR of the ROC point whose FPR is *nearest* the target,
+        which may exceed it; this rule never does."""
+        if not 0 <= target <= 1:
+            raise ValueError(f"FPR target must be in [0, 1], got {target}")
+        if self.num_positive == 0:
+            return float("nan")
+        m = int(np.floor(target * self.num_negative + 1e-9))
+        ok = self.neg_le <= m
+        return float(self.pos_le[ok].max() / self.num_positive) if ok.any() else 0.0
+
+    def to_json(self, targets: Sequence[float] = ROC_FPRS) -> dict:
+        return {"tpr_at_fpr": {f"{t:g}": self.tpr_at_fpr(t) for t in targets},
+                "num_positive_pairs": self.num_positive,
+                "num_negative_pairs": self.num_negative,
+                "rule": "largest TPR with FPR <= target; pairs exclude junk and same-camera "
+                        "same-pid pairs"}
+
+
+def _roc_blocks(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids):
+    """Yield (block, positive mask, negative mask) for row chunks of the distance matrix."""
+    distmat = np.asarray(distmat)
+    q_pids, g_pids = _ids(q_pids, "q_pids"), _ids(g_pids, "g_pids")
+    q_camids, g_camids = _ids(q_camids, "q_camids"), _ids(g_camids, "g_camids")
+    if distmat.ndim != 2 or distmat.shape != (q_pids.size, g_pids.size) \
+            or q_camids.size != q_pids.size or g_camids.size != g_pids.size:
+        raise ValueError(f"distmat {distmat.shape} does not match {q_pids.size} query and "
+                         f"{g_pids.size} gallery ids/cameras")
+    g_junk = g_pids == JUNK_PID
+    for s in range(0, distmat.shape[0], _EVAL_CHUNK):
+        e = min(s + _EVAL_CHUNK, distmat.shape[0])
+        block = np.asarray(distmat[s:e], dtype=np.float32)
+        if np.isnan(block).any():
+            raise ValueError("distmat contains NaN")
+        same = q_pids[s:e, None] == g_pids[None, :]
+        junk = (same & (q_camids[s:e, None] == g_camids[None, :])) | g_junk[None, :]
+        yield block, same & ~junk, ~same & ~junk
+
+
+def roc_pairs(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(positive distances, negative distances) of the non-junk (query, gallery) pairs, float32
+    (see ``RocResult`` for which pairs count). Holds every negative: for small sets."""
+    pos, neg = [], []
+    for block, p, n in _roc_blocks(distmat, q_pids, g_pids, q_camids, g_camids):
+        pos.append(block[p])
+        neg.append(block[n])
+    return np.concatenate(pos), np.concatenate(neg)
+
+
+def roc_curve(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids) -> RocResult:
+    """The verification ROC of a (num_query, num_gallery) distance matrix (``RocResult``).
+
+    Two passes over row chunks: the positives first (few: about a dozen per query), then each
+    chunk's negatives are counted against the distinct positive distances, so the tens of
+    millions of negative pairs at Market-1501 size are never stored or sorted."""
+    args = (distmat, q_pids, g_pids, q_camids, g_camids)
+    pos = np.sort(np.concatenate([b[p] for b, p, _ in _roc_blocks(*args)]))
+    values = np.unique(pos)
+    u = values.size
+    neg_le = np.zeros(u, np.int64)           # negatives <= values[j]
+    neg_lt = np.zeros(u, np.int64)           # negatives <  values[j]
+    n_neg = 0
+    for b, _, n in _roc_blocks(*args):
+        neg = np.sort(b[n])                  # one chunk's negatives: about a million
+        n_neg += neg.size
+        neg_le += np.searchsorted(neg, values, side="right")
+        neg_lt += np.searchsorted(neg, values, side="left")
+    if n_neg == 0:
+        raise ValueError("no negative (different-identity) pairs: the ROC is undefined")
+    pos_le = np.searchsorted(pos, values, side="right")
+    P = max(pos.size, 1)
+    tpr_at, fpr_at, fpr_before = pos_le / P, neg_le / n_neg, neg_lt / n_neg
+    tpr_before = np.concatenate(([0.0], tpr_at[:-1]))
+    fpr = np.concatenate(([0.0], np.stack([fpr_before, fpr_at], 1).ravel(), [1.0]))
+    tpr = np.concatenate(([0.0], np.stack([tpr_before, tpr_at], 1).ravel(), [1.0]))
+    thr = np.concatenate(([-np.inf], np.repeat(values.astype(np.float64), 2), [np.inf]))
+    return RocResult(fpr, tpr, thr, int(pos.size), int(n_neg), values, pos_le, neg_le)

@@ -6,6 +6,16 @@ k-reciprocal Encoding", CVPR 2017), in bounded memory at full Market-1501 scale.
 interface; it holds the full (N, N) matrix, so it is for small sets). Both return the re-ranked
 (num_query, num_gallery) float32 distance matrix.
 
+Conventions (``re_rank_convention``): the authors' feature code starts from squared Euclidean
+distances, and so does ``re_rank_features`` ("authors"). Their distance-block function, like
+torchreid's ``re_ranking`` of the same name and signature, squares its inputs: given plain
+Euclidean distances it computes the same thing, and so does ``re_rank`` here. torchreid feeds
+that function its own distance matrices, which are already squared Euclidean (or ``1 - cos``),
+so its original distance is the *square* of the authors' ("torchreid": ``||q - g||^4``, or
+``(1 - cos)^2``). Ranks by the original distance alone do not change, but the row-normalised
+``D`` does, hence the Gaussian weights, the expansion and the final blend: torchreid's re-ranked
+numbers differ from the authors' and ours, and each result should say which it used.
+
 The method, over all N = num_query + num_gallery items (queries and gallery alike):
 
 1. Original distance ``d(i, j)``: squared Euclidean distance of the features (as the authors'
@@ -78,7 +88,9 @@ class _Distances:
 
 
 class _FeatureDistances(_Distances):
-    def __init__(self, feats: np.ndarray, metric: str):
+    def __init__(self, feats: np.ndarray, metric: str, power: int = 1):
+        # power 2: the original distance squared once more (torchreid's convention)
+        self.power = power
         if metric not in ("euclidean", "cosine"):
             raise ValueError(f"unknown metric {metric!r}; use 'euclidean' (squared Euclidean, "
                              f"as the paper's code) or 'cosine'")
@@ -97,6 +109,8 @@ class _FeatureDistances(_Distances):
             np.subtract(1.0, d, out=d)
         np.maximum(d, 0.0, out=d)
         d[np.arange(i1 - i0), np.arange(i0, i1)] = 0.0
+        if self.power == 2:
+            d *= d
         return d
 
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -111,6 +125,8 @@ class _FeatureDistances(_Distances):
             else:
                 out[s:s + step] = np.maximum(1.0 - np.einsum("ij,ij->i", a, b), 0.0)
         out[i == j] = 0.0
+        if self.power == 2:
+            out *= out
         return out
 
 
@@ -349,10 +365,10 @@ def re_rank(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray, k1
     """Re-ranked (num_query, num_gallery) float32 distances from the three distance blocks.
 
     The blocks are assembled into one (N, N) matrix (so memory grows with N^2; use
-    ``re_rank_features`` at Market-1501 scale). Pass squared Euclidean distances to reproduce
-    the paper; any non-negative distance works. The diagonal is taken as 0. (The authors'
-    distance-block function squares its inputs, expecting plain Euclidean distances; this one
-    uses them as given.)
+    ``re_rank_features`` at Market-1501 scale) and **squared**, as the authors' and torchreid's
+    functions of this name do: pass plain Euclidean distances to reproduce the authors' method
+    (the same result as ``re_rank_features``); torchreid passes squared ones (see the module
+    doc). The diagonal is taken as 0.
     """
     _check_params(k1, k2, lambda_value)
     q_g, q_q, g_g = (np.asarray(x, dtype=np.float32) for x in (q_g_dist, q_q_dist, g_g_dist))
@@ -366,4 +382,33 @@ def re_rank(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray, k1
     if np.isnan(full).any():
         raise ValueError("re_rank: the distances contain NaN")
     np.fill_diagonal(full, 0.0)
+    np.square(full, out=full)
     return _rerank(_MatrixDistances(full), nq, int(k1), int(k2), float(lambda_value))
+
+
+CONVENTIONS = ("authors", "torchreid")
+
+
+def re_rank_convention(qf: np.ndarray, gf: np.ndarray, convention: str = "authors",
+                       k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                       metric: str = "euclidean",
+                       progress: Callable[[str], None] | None = None) -> np.ndarray:
+    """Re-ranked distances from features in a named convention (module doc): "authors" is
+    ``re_rank_features``; "torchreid" starts from the square of that original distance, as
+    torchreid's pipeline does (``||q - g||^4`` for "euclidean", ``(1 - cos)^2`` for
+    "cosine"), in the same bounded memory."""
+    if convention == "authors":
+        return re_rank_features(qf, gf, k1, k2, lambda_value, metric, progress)
+    if convention != "torchreid":
+        raise ValueError(f"unknown re-ranking convention {convention!r}; one of "
+                         f"{', '.join(CONVENTIONS)}")
+    _check_params(k1, k2, lambda_value)
+    qf, gf = np.asarray(qf), np.asarray(gf)
+    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1] or not len(qf) or not len(gf):
+        raise ValueError(f"re_rank_convention: expected (Nq, D) and (Ng, D) features, Nq and "
+                         f"Ng >= 1, got {qf.shape} and {gf.shape}")
+    feats = np.concatenate([qf, gf]).astype(np.float32)
+    if not np.isfinite(feats).all():
+        raise ValueError("re_rank_convention: features contain NaN or infinite values")
+    return _rerank(_FeatureDistances(feats, metric, power=2), qf.shape[0], int(k1), int(k2),
+                   float(lambda_value), progress)

@@ -40,8 +40,14 @@ except ImportError:  # pragma: no cover
 
 @dataclass(frozen=True)
 class DataConfig:
-    """param_str of MarketDataLayer (JSON). Unknown keys are refused."""
-    root: str
+    """param_str of MarketDataLayer (JSON). Unknown keys are refused.
+
+    ``root``: one dataset root or a list of them, trained on together (identities kept apart,
+    labels offset; rmnet.data.datasets); ``format``: their layout (one for all, one per root, or
+    null: detected); ``trainval``: MSMT17 trains on list_train + list_val."""
+    root: str | list[str]
+    format: str | list[str | None] | None = None
+    trainval: bool = False
     height: int = 160
     width: int = 64
     batch_size: int = 64
@@ -261,14 +267,14 @@ class BatchSource:
             self._pool = None
 
 
-def load_train_list(root: str | Path) -> tuple[list[str], np.ndarray, int]:
-    """(paths, contiguous labels, number of identities) of a Market-1501-layout train split."""
-    from rmnet.data.market import load_market
+def load_train_list(root: str | Path | list, format=None, trainval: bool = False
+                    ) -> tuple[list[str], np.ndarray, int]:
+    """(paths, contiguous labels, number of identities) of the train split of one dataset root
+    or several (any format of rmnet.data.datasets; labels of each set offset past the last)."""
+    from rmnet.data.datasets import load_train_sets
 
-    ds = load_market(root)
-    paths = [str(r.path) for r in ds.train]
-    labels = np.asarray([ds.train_label(r.pid) for r in ds.train], dtype=np.int64)
-    return paths, labels, int(labels.max()) + 1
+    ts = load_train_sets(str(root) if isinstance(root, Path) else root, format, trainval)
+    return ts.paths, ts.labels, ts.num_classes
 
 
 # --- Caffe adapters --------------------------------------------------------------------------
@@ -319,7 +325,7 @@ if caffe is not None:
                 raise ValueError("MarketDataLayer: no bottoms, four tops "
                                  "(data, label, sample_weight, sample_id)")
             cfg = parse_config(DataConfig, self.param_str, "MarketDataLayer")
-            paths, labels, n_ids = load_train_list(cfg.root)
+            paths, labels, n_ids = load_train_list(cfg.root, cfg.format, cfg.trainval)
             if cfg.num_classes is not None and n_ids != cfg.num_classes:
                 raise ValueError(f"MarketDataLayer: {cfg.root} has {n_ids} train identities but "
                                  f"the net was generated for num_classes={cfg.num_classes}")

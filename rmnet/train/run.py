@@ -180,18 +180,29 @@ def scaled_schedule(iters: int, base: dict) -> dict:
     }
 
 
-def prepare_run(variant: str, data: Path, run_dir: Path, iters: int | None,
+def prepare_run(variant: str, data: Path | list[Path], run_dir: Path, iters: int | None,
                 batch_size: int | None = None, extra: dict | None = None,
-                log: Callable[[str], None] = print) -> dict:
-    """Render the variant for ``data`` into ``run_dir``; returns write_run's paths."""
+                log: Callable[[str], None] = print, format: str | list | None = None,
+                trainval: bool = False) -> dict:
+    """Render the variant for ``data`` (one dataset root, or a list trained on together) into
+    ``run_dir``; returns write_run's paths. The class count is the sum of the sets' training
+    identities; ``format`` (one, or one per root; None: detected) and ``trainval`` (MSMT17)
+    go into the data layer's config as they are."""
     from rmnet.generator import load_variant, write_run
-    from rmnet.data.market import load_market
+    from rmnet.data.datasets import load_train_sets
 
-    ds = load_market(data)
-    if ds.num_train_ids < 2:
-        raise TrainingError(f"{data}: the training split has {ds.num_train_ids} identity; "
-                            f"training a re-identification model needs at least 2")
-    overrides: dict = {"num_classes": ds.num_train_ids, "data": {"root": str(data.resolve())}}
+    roots = [Path(d) for d in data] if isinstance(data, (list, tuple)) else [Path(data)]
+    names = [str(r.resolve()) for r in roots]
+    ts = load_train_sets(names, format, trainval)
+    if ts.num_classes < 2:
+        raise TrainingError(f"{', '.join(names)}: the training split has {ts.num_classes} "
+                            f"identity; training a re-identification model needs at least 2")
+    data_cfg: dict = {"root": names[0] if len(names) == 1 else names}
+    if format is not None:
+        data_cfg["format"] = format
+    if trainval:
+        data_cfg["trainval"] = True
+    overrides: dict = {"num_classes": ts.num_classes, "data": data_cfg}
     if batch_size:
         overrides["data"]["batch_size"] = batch_size
     if iters:
@@ -212,7 +223,8 @@ def prepare_run(variant: str, data: Path, run_dir: Path, iters: int | None,
             overrides.setdefault(key, {}).update(value)
         else:
             overrides[key] = value
-    log(ds.summary())
+    for ds, offset in zip(ts.datasets, ts.offsets):
+        log(ds.summary() + (f" (labels from {offset})" if len(ts.datasets) > 1 else ""))
     return write_run(variant, run_dir, overrides)
 
 
@@ -231,7 +243,8 @@ class SolverInfo:
 def inspect_solver(solver: str | os.PathLike, cwd: str | os.PathLike = ".") -> SolverInfo:
     """Parse a solver and its nets, resolving paths as `caffe train` run in ``cwd`` would;
     TrainingError for a missing solver or net, or a dataset folder that is not Market-1501."""
-    from rmnet.data.market import DatasetError, load_market
+    from rmnet.data.datasets import load_train_sets, sources
+    from rmnet.data.market import DatasetError
 
     cwd = Path(cwd)
     path = Path(solver)
@@ -262,14 +275,17 @@ def inspect_solver(solver: str | os.PathLike, cwd: str | os.PathLike = ".") -> S
             raise TrainingError(str(e)) from None
         for layer in net.layer:
             if layer.type == "Python" and layer.python_param.layer == "MarketDataLayer":
-                root = data_layer_config(layer, net_path).root
-                root_path = Path(root) if Path(root).is_absolute() else cwd / root
-                if root not in roots:
-                    try:
-                        load_market(root_path)
-                    except DatasetError as e:
-                        raise TrainingError(f"{net_path}: data layer: {e}") from None
-                    roots.append(root)
+                cfg = data_layer_config(layer, net_path)
+                try:
+                    srcs = sources(cfg.root, cfg.format)
+                    new = [src for src in srcs if src.root not in roots]
+                    if new:
+                        load_train_sets([str(Path(src.root) if Path(src.root).is_absolute()
+                                             else cwd / src.root) for src in new],
+                                        [src.format for src in new], cfg.trainval)
+                        roots += [src.root for src in new]
+                except DatasetError as e:
+                    raise TrainingError(f"{net_path}: data layer: {e}") from None
     prefix = s.snapshot_prefix
     if prefix:
         folder = (Path(prefix) if Path(prefix).is_absolute() else cwd / prefix).parent
@@ -520,9 +536,9 @@ def newest_usable_snapshot(prefix: str | os.PathLike,
     return None
 
 
-def train_images(root: str | os.PathLike) -> list[str]:
-    from rmnet.data.market import load_market
+def train_images(root: str | os.PathLike, format: str | None = None) -> list[str]:
+    from rmnet.data.datasets import load_dataset
 
-    return [str(r.path) for r in load_market(root).train]
+    return [str(r.path) for r in load_dataset(root, format).train]
 
 
