@@ -1,5 +1,7 @@
 # RMNet in Caffe: the commands the README shows.
 #   make setup         Debian packages, Caffe built from source (cached), .venv wired to it
+#   make setup GPU=1   the same Caffe built with CUDA 11.8 + NCCL (cached), into .venv-gpu; with
+#                      GPU=1 every target below uses .venv-gpu (the CPU build stays the default)
 #   make test          setup if needed, then the whole test suite
 #   make demo          the main job: synthetic dataset, train the light RMNet, evaluate (~10 min)
 #                      make demo DATA=/path/to/dataset [FORMAT=msmt17|cuhk03-labeled|...] ITERS=N
@@ -8,18 +10,22 @@
 #   make prototxt      regenerate prototxt/ and solvers/ from rmnet/generator/ (committed files)
 #   make ablations     render the Table 2 rows into runs/ablations/{prototxt,solvers}/
 #   make docker-check  run docker/Dockerfile's steps in a fresh Debian root (debootstrap + chroot)
+#   make docker-check-gpu  the same for docker/Dockerfile.gpu (CUDA build; long, not in .ci/run)
+#   make gpu-check     on a machine with a GPU: tools/gpu_check.py (exit 3: no GPU)
 
 SHELL := /bin/bash
-PYTHON := .venv/bin/python
+GPU ?=
+VENV := $(if $(filter 1,$(GPU)),.venv-gpu,.venv)
+PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 DATA ?=
 ITERS ?=
 FORMAT ?=
 
-.PHONY: setup test demo train prototxt ablations docker-check
+.PHONY: setup test demo train prototxt ablations docker-check docker-check-gpu gpu-check
 
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh $(if $(filter 1,$(GPU)),--gpu)
 
 test: setup
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
@@ -39,3 +45,10 @@ ablations: setup
 
 docker-check:
 	@/usr/bin/python3 scripts/docker_check.py docker/Dockerfile
+
+docker-check-gpu:
+	@/usr/bin/python3 scripts/docker_check.py --gpu docker/Dockerfile.gpu
+
+gpu-check:
+	@$(MAKE) --no-print-directory setup GPU=1
+	.venv-gpu/bin/python tools/gpu_check.py

@@ -1,12 +1,16 @@
 #!/usr/bin/python3
 """Replay a Dockerfile's steps in a fresh Debian root, for machines without a Docker engine.
 
-`make docker-check` runs this on docker/Dockerfile. It reads the Dockerfile itself (so the check
+`make docker-check` runs this on docker/Dockerfile, `make docker-check-gpu` (with --gpu) on
+docker/Dockerfile.gpu. It reads the Dockerfile itself (so the check
 and the image cannot drift), builds the FROM image's equivalent with `debootstrap --variant=minbase`,
 then carries out ENV, ARG, WORKDIR, COPY and RUN in order with chroot, and finally runs the
 checks given with --check (by default: import caffe, `caffe --version`, and `make test`) inside
 the root. What the host happens to have installed is not in there, so a missing install step
-fails here.
+fails here. With --gpu the checks are those of the CUDA image (GPU_CHECKS): the CUDA Caffe and
+pycaffe load (a CUDA runtime mapped, NCCL built in), the project's GPU entry points stop with
+their "no GPU" line and exit status 3 in a root without a GPU (where Caffe itself would abort),
+and the test suite passes against the CUDA-built pycaffe in CPU mode.
 
 Only the Dockerfile features the project uses are supported; anything else is refused with the
 line number. Runs as root (debootstrap, mount, chroot) inside a private mount namespace, so
@@ -37,6 +41,22 @@ DEFAULT_CHECKS = [
     "python -c 'import caffe; print(\"caffe imports from\", caffe.__file__)'",
     "caffe --version",
     "make test",
+]
+# In the CUDA image (docker/Dockerfile.gpu), on a machine without a GPU.
+NO_GPU_EXIT = 3
+GPU_CHECKS = [
+    "python -c 'import caffe; from rmnet.caffe.gpu import gpu_status; s = gpu_status(); "
+    "assert s.cudart, \"pycaffe maps no libcudart: not a CUDA build\"; "
+    "assert caffe.has_nccl(), \"built without NCCL\"; "
+    "print(\"CUDA caffe imports from\", caffe.__file__, \"with\", s.cudart, \"and NCCL;\", "
+    "s.count, \"GPUs:\", s.reason)'",
+    "caffe --version",
+    # The entry points: one "no GPU" line on stderr and status 3, no SIGABRT.
+    f"rc=0; python tools/gpu_check.py 2>/tmp/err || rc=$?; cat /tmp/err; "
+    f"test $rc -eq {NO_GPU_EXIT} && grep -q '^gpu_check: no GPU' /tmp/err",
+    f"rc=0; python tools/train.py --solver solvers/market.prototxt --gpu 0 2>/tmp/err || rc=$?; "
+    f"cat /tmp/err; test $rc -eq {NO_GPU_EXIT} && grep -q '^train: no GPU' /tmp/err",
+    "make test GPU=1",
 ]
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -280,6 +300,8 @@ def main() -> int:
     ap.add_argument("--check", action="append", default=None,
                     help="shell command run in the finished root (repeatable); default: "
                          + "; ".join(DEFAULT_CHECKS))
+    ap.add_argument("--gpu", action="store_true",
+                    help="default checks of the CUDA image: " + "; ".join(GPU_CHECKS))
     ap.add_argument("--keep", action="store_true", help="keep the root afterwards")
     args = ap.parse_args()
 
@@ -305,7 +327,7 @@ def main() -> int:
         rep = Replayer(root, args.context.resolve(), host_plumbing(root))
         rep.replay(steps, dockerfile)
         print("\n=== checks in the finished root", flush=True)
-        for check in args.check or DEFAULT_CHECKS:
+        for check in args.check or (GPU_CHECKS if args.gpu else DEFAULT_CHECKS):
             rep.sh(check)
     except DockerfileError as e:
         print(f"docker-check: {e}", file=sys.stderr)

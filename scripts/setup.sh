@@ -13,14 +13,28 @@
 #                        the clone keyed by everything that changes the binaries.
 #   5. wire              .venv sees caffe: a .pth file for `import caffe`, and .venv/bin/caffe.
 #
+# With --gpu (`make setup GPU=1`) the same Caffe is built with CUDA into .venv-gpu (the CPU
+# build and .venv stay as they are and stay the default); scripts/caffe/cuda.env pins the
+# toolchain. Extra steps: "cuda toolkit" (Debian bookworm non-free's nvidia-cuda-toolkit 11.8
+# and g++-11, installed with apt-get through a private sources list and lists directory; the
+# system's apt configuration is not touched) and "nccl" (NVIDIA's nvidia-nccl-cu11 wheel,
+# checked against its pinned SHA-256); the build step adds the CUDA flags, is cached under its
+# own key (toolkit version, architectures, NCCL version included) and checks the fat binary
+# with cuobjdump before installing it.
+#
 # Environment (all optional):
 #   RMNET_CACHE    build cache root      (default: ${XDG_CACHE_HOME:-$HOME/.cache}/rmnet)
 #   RMNET_VENV     virtual environment   (default: <repo>/.venv)
 #   RMNET_JOBS     parallel build jobs   (default: nproc)
 #   RMNET_DEBIAN_MIRROR  Debian mirror for the source package (default: the one apt already uses)
 #   RMNET_SETUP_LOGS     where step logs go (default: <repo>/.setup-logs)
+#   RMNET_CUDA_ARCH_BIN  with --gpu: compute capabilities (default in scripts/caffe/cuda.env)
+#   RMNET_CUDA_ARCH_PTX  with --gpu: PTX kept for newer GPUs (default in scripts/caffe/cuda.env)
 #
-# `scripts/setup.sh --verify-source DIR` only checks a downloaded source package in DIR.
+# `scripts/setup.sh --verify-source DIR` only checks a downloaded source package in DIR;
+# `scripts/setup.sh [--gpu] --print-cmake-flags` prints the CMake flags a build would use;
+# `--print-cuda-apt-sources` the private sources list of the toolkit's install, and
+# `--verify-fatbin LIB` checks a CUDA library's device code as the build does.
 #
 # On failure it prints one line naming the step and the log file to read, and exits non-zero.
 set -euo pipefail
@@ -28,8 +42,21 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=caffe/source.env
 . "$ROOT/scripts/caffe/source.env"
+# shellcheck source=caffe/cuda.env
+. "$ROOT/scripts/caffe/cuda.env"
 
-VENV=${RMNET_VENV:-$ROOT/.venv}
+GPU=0
+ARGS=()
+for a in "$@"; do
+  if [ "$a" = --gpu ]; then GPU=1; else ARGS+=("$a"); fi
+done
+set -- ${ARGS[@]+"${ARGS[@]}"}
+
+if [ "$GPU" = 1 ]; then
+  VENV=${RMNET_VENV:-$ROOT/.venv-gpu}
+else
+  VENV=${RMNET_VENV:-$ROOT/.venv}
+fi
 CACHE=${RMNET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rmnet}
 JOBS=${RMNET_JOBS:-$(nproc)}
 LOGDIR=${RMNET_SETUP_LOGS:-$ROOT/.setup-logs}
@@ -55,6 +82,29 @@ CMAKE_FLAGS=(
   -DUSE_OPENCV=OFF -DUSE_LEVELDB=OFF -DUSE_LMDB=ON -DUSE_NCCL=OFF
   -DBUILD_docs=OFF -DBUILD_matlab=OFF
 )
+
+# The CUDA build: CMAKE_FLAGS, then these (CMake keeps the last value of a repeated -D).
+# Part of the CUDA build's cache key. PATH_FOR_CUDA: nvcc 11.8 runs ptxas, fatbinary and
+# cudafe++ by bare name, so another CUDA toolchain earlier on PATH (e.g. /usr/local/bin)
+# would silently be mixed in; configure and build with Debian's /usr/bin first.
+CUDA_ARCH_BIN=${RMNET_CUDA_ARCH_BIN:-$CUDA_ARCH_BIN}
+CUDA_ARCH_PTX=${RMNET_CUDA_ARCH_PTX:-$CUDA_ARCH_PTX}
+NCCL_DIR=$CACHE/downloads/$NCCL_WHEEL-$NCCL_VERSION
+GPU_CMAKE_FLAGS=(
+  -DCPU_ONLY=OFF -DUSE_CUDNN=OFF -DUSE_NCCL=ON
+  -DCUDA_ARCH_NAME=Manual "-DCUDA_ARCH_BIN=$CUDA_ARCH_BIN" "-DCUDA_ARCH_PTX=$CUDA_ARCH_PTX"
+  -DCUDA_TOOLKIT_ROOT_DIR=/usr -DCUDA_NVCC_EXECUTABLE=/usr/bin/nvcc
+  "-DCUDA_HOST_COMPILER=$CUDA_HOST_COMPILER"
+  "-DNCCL_INCLUDE_DIR=$NCCL_DIR/nvidia/nccl/include"
+  "-DNCCL_LIBRARIES=$NCCL_DIR/nvidia/nccl/lib/libnccl.so.2"
+)
+PATH_FOR_CUDA=/usr/bin:/bin:/usr/sbin:/sbin
+
+# build_flags: the CMake flags of this build (CPU, or CPU + GPU).
+build_flags() {
+  printf '%s\n' "${CMAKE_FLAGS[@]}"
+  if [ "$GPU" = 1 ]; then printf '%s\n' "${GPU_CMAKE_FLAGS[@]}"; fi
+}
 
 STEP_NO=0
 
@@ -223,10 +273,23 @@ cache_key() {
     for p in libprotobuf-dev libboost-python-dev libopenblas-dev libhdf5-dev libgoogle-glog-dev; do
       echo "deb $p $(dpkg_version "$p")"
     done
+    if [ "$GPU" = 1 ]; then
+      # The CUDA build also depends on the toolkit, the host compiler, the architectures and NCCL.
+      echo "gpu flags ${GPU_CMAKE_FLAGS[*]}"
+      echo "cuda arch bin $CUDA_ARCH_BIN ptx $CUDA_ARCH_PTX"
+      echo "nvcc $(PATH=$PATH_FOR_CUDA nvcc --version 2>/dev/null | tail -n 1)"
+      echo "deb nvidia-cuda-toolkit $(dpkg_version nvidia-cuda-toolkit)"
+      echo "host compiler $("$CUDA_HOST_COMPILER" -dumpfullversion 2>/dev/null || echo none)"
+      echo "nccl $NCCL_WHEEL $NCCL_VERSION $NCCL_WHEEL_SHA256"
+    fi
   } | sha256sum | cut -c1-16
 }
 
-caffe_prefix() { echo "$CACHE/caffe/$(cache_key)"; }
+caffe_prefix() {
+  if [ "$GPU" = 1 ]; then echo "$CACHE/caffe/cuda$CUDA_TOOLKIT_VERSION-$(cache_key)"
+  else echo "$CACHE/caffe/$(cache_key)"
+  fi
+}
 
 step_caffe_build() {
   local prefix build stage
@@ -236,14 +299,22 @@ step_caffe_build() {
   stage="$prefix.stage"
   rm -rf "$build" "$stage"
   mkdir -p "$build"
-  progress "building Caffe into $prefix (about 7 minutes on 2 cores; log: $CURRENT_LOG)"
+  if [ "$GPU" = 1 ]; then
+    # Only Debian's CUDA 11.8 toolchain may be found by bare name (see PATH_FOR_CUDA).
+    export PATH=$PATH_FOR_CUDA
+    progress "building CUDA Caffe into $prefix for sm $CUDA_ARCH_BIN + PTX $CUDA_ARCH_PTX (about 3 minutes per architecture on 2 cores; log: $CURRENT_LOG)"
+  else
+    progress "building Caffe into $prefix (about 7 minutes on 2 cores; log: $CURRENT_LOG)"
+  fi
   dpkg-source -x "$SRC_DIR/$DSC_NAME" "$build/src"
   local p
   for p in "$ROOT"/scripts/caffe/patches/*.patch; do
     echo "applying $(basename "$p")"
     patch -d "$build/src" -p1 --forward --batch <"$p"
   done
-  cmake -S "$build/src" -B "$build/obj" "${CMAKE_FLAGS[@]}" \
+  local flags
+  mapfile -t flags < <(build_flags)
+  cmake -S "$build/src" -B "$build/obj" "${flags[@]}" \
     -DPYTHON_EXECUTABLE="$VENV/bin/python" \
     -DCMAKE_INSTALL_PREFIX="$prefix" -DCMAKE_INSTALL_RPATH="$prefix/lib"
   # Show progress in steps of 10%.
@@ -254,10 +325,152 @@ step_caffe_build() {
       if (pct >= last + 10) { last = pct - pct % 10; printf "    caffe build %d%%\n", last >> fd; fflush(fd) }
     }'
   make -C "$build/obj" install DESTDIR="$stage"
+  if [ "$GPU" = 1 ]; then
+    # NCCL beside libcaffe.so (found through its RPATH), so the install does not depend on the
+    # download cache; then the fat binary must hold what was asked for, made by CUDA 11.8.
+    cp -a "$NCCL_DIR"/nvidia/nccl/lib/libnccl.so* "$stage$prefix/lib/"
+    verify_fatbin "$stage$prefix/lib/libcaffe.so" | tee "$stage$prefix/cuobjdump.txt"
+  fi
   touch "$stage$prefix/.complete"
   mv "$stage$prefix" "$prefix"
   rm -rf "$build" "$stage"
   echo "installed $prefix"
+}
+
+# ---------------------------------------------------------------------------------------------
+# GPU only: the CUDA toolkit, NCCL and the fat-binary check
+
+cuda_toolkit_ok() {
+  [ -x /usr/bin/nvcc ] && [ -x "$CUDA_HOST_COMPILER" ] &&
+    PATH=$PATH_FOR_CUDA nvcc --version 2>/dev/null | grep -q "release $CUDA_TOOLKIT_VERSION,"
+}
+
+# cuda_apt_sources: the system's Debian repositories (as apt is configured), each with the
+# non-free component added, for a private sources list. The system's lists may be stale or
+# removed (the Docker image removes them), so the private list holds main too, for the
+# toolkit's dependencies.
+cuda_apt_sources() {
+  local lines
+  lines=$(apt-get indextargets --format '$(TARGET_OF) $(REPO_URI) $(RELEASE) $(LABEL)' 2>/dev/null \
+    | awk -v suite="$CUDA_DEBIAN_SUITE" '$1 == "deb" && ($4 == "Debian" || $4 == "Debian-Security") \
+          && index($3, suite) == 1 { print $2, $3 }' | sort -u)
+  if [ -z "$lines" ]; then
+    local mirror
+    mirror=$(debian_mirror)
+    [ -n "$mirror" ] || mirror=http://deb.debian.org/debian/
+    lines="$mirror $CUDA_DEBIAN_SUITE"
+  fi
+  local uri suite
+  while read -r uri suite; do
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $suite main non-free"
+  done <<<"$lines"
+}
+
+# The toolkit's packages depend on the driver's user-space libraries (libcuda.so.1,
+# libnvidia-ml.so.1 >= 520), which Debian ships with its driver packages (contrib/non-free,
+# pulling in nvidia-support and the alternatives system). The driver belongs to the machine: a
+# host with NVIDIA's own installer, or the NVIDIA container runtime, provides it outside dpkg,
+# and Debian's libcuda1 would take over the libcuda.so.1 link from it. So, when no driver
+# package is installed, a file-less package stands in for those two (the compilers and
+# runtime libraries need no driver to build).
+driver_installed() {
+  dpkg-query -W -f='${db:Status-Status} ${Package} ${Provides}\n' 2>/dev/null |
+    awk '$1 == "installed"' | grep -q 'libcuda\.so\.1\|^installed libcuda1 '
+}
+
+driver_stub_deb() {
+  local dir=$1/driver-stub
+  rm -rf "$dir"; mkdir -p "$dir/pkg/DEBIAN"
+  cat >"$dir/pkg/DEBIAN/control" <<'EOF'
+Package: rmnet-cuda-driver-stub
+Version: 1.0
+Architecture: all
+Maintainer: RMNet setup recipe <root@localhost>
+Provides: libcuda.so.1 (= 520), libnvidia-ml.so.1 (= 520)
+Description: stands in for the NVIDIA driver's user-space libraries
+ Installed by the RMNet reproduction's scripts/setup.sh --gpu so that Debian's CUDA toolkit
+ installs without Debian's driver packages; the driver comes from the host (or the NVIDIA
+ container runtime). Holds no files.
+EOF
+  dpkg-deb --build "$dir/pkg" "$dir/rmnet-cuda-driver-stub_1.0_all.deb" >/dev/null
+  echo "$dir/rmnet-cuda-driver-stub_1.0_all.deb"
+}
+
+step_cuda_toolkit() {
+  if cuda_toolkit_ok; then
+    echo "present: $(PATH=$PATH_FOR_CUDA nvcc --version | tail -n 1), $CUDA_HOST_COMPILER"
+    return 0
+  fi
+  progress "installing Debian's CUDA $CUDA_TOOLKIT_VERSION toolkit ($CUDA_TOOLKIT_PACKAGES) from $CUDA_DEBIAN_SUITE non-free (about 1.6 GB to download, 5.5 GB on disk)"
+  local dir=$CACHE/apt-cuda apt_opts
+  mkdir -p "$dir/sources.list.d" "$dir/lists/partial" "$dir/cache/archives/partial"
+  cuda_apt_sources >"$dir/sources.list.d/rmnet-cuda.list"
+  cat "$dir/sources.list.d/rmnet-cuda.list"
+  # Private sources and lists; dpkg's own state is the system's (these are binary packages).
+  apt_opts=(
+    -o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$dir/sources.list.d"
+    -o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir/cache"
+    -o "APT::Sandbox::User=root" -o "DPkg::Lock::Timeout=600"
+  )
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get "${apt_opts[@]}" update
+  local stub=""
+  if ! driver_installed; then stub=$(driver_stub_deb "$dir"); echo "no NVIDIA driver package installed: adding $stub"; fi
+  # shellcheck disable=SC2086
+  as_root apt-get "${apt_opts[@]}" install -y --no-install-recommends $CUDA_TOOLKIT_PACKAGES $stub
+  as_root apt-get "${apt_opts[@]}" clean        # the downloaded .debs (1.6 GB)
+  if ! cuda_toolkit_ok; then
+    echo "after apt-get install, /usr/bin/nvcc is not CUDA $CUDA_TOOLKIT_VERSION or $CUDA_HOST_COMPILER is missing"
+    return 1
+  fi
+  PATH=$PATH_FOR_CUDA nvcc --version | tail -n 1
+}
+
+step_nccl() {
+  if [ -f "$NCCL_DIR/.verified" ] && [ -f "$NCCL_DIR/nvidia/nccl/lib/libnccl.so.2" ]; then
+    echo "verified: $NCCL_DIR"; return 0
+  fi
+  progress "fetching NCCL ($NCCL_WHEEL $NCCL_VERSION wheel)"
+  NCCL_TMP=$(mktemp -d "$CACHE/downloads/.nccl.XXXXXX")
+  trap 'rm -rf "$NCCL_TMP"' EXIT   # this step runs in its own subshell
+  local tmp=$NCCL_TMP whl got
+  "$VENV/bin/python" -m pip download --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$tmp/wheel" "$NCCL_WHEEL==$NCCL_VERSION"
+  whl=$(find "$tmp/wheel" -name '*.whl' | head -n 1)
+  [ -n "$whl" ] || { echo "pip downloaded no wheel of $NCCL_WHEEL==$NCCL_VERSION"; return 1; }
+  got=$(sha256 "$whl")
+  if [ "$got" != "$NCCL_WHEEL_SHA256" ]; then
+    echo "checksum mismatch: $(basename "$whl") has SHA-256 $got, scripts/caffe/cuda.env pins $NCCL_WHEEL_SHA256"
+    return 1
+  fi
+  "$VENV/bin/python" -m zipfile -e "$whl" "$tmp/files"
+  [ -f "$tmp/files/nvidia/nccl/lib/libnccl.so.2" ] || { echo "$(basename "$whl") has no nvidia/nccl/lib/libnccl.so.2"; return 1; }
+  echo "$got  $(basename "$whl")" >"$tmp/files/.verified"
+  rm -rf "$NCCL_DIR"
+  mv "$tmp/files" "$NCCL_DIR"
+  echo "verified $(basename "$whl") into $NCCL_DIR"
+}
+
+# verify_fatbin LIB: LIB's device code holds a cubin for every CUDA_ARCH_BIN and PTX for every
+# CUDA_ARCH_PTX, readable by this toolkit's cuobjdump (a mixed toolchain's is not) and compiled
+# by CUDA $CUDA_TOOLKIT_VERSION (the PTX names its compiler). Prints the summary.
+verify_fatbin() {
+  local lib=$1 elf ptx a missing="" release
+  if ! elf=$(PATH=$PATH_FOR_CUDA cuobjdump --list-elf "$lib" 2>&1); then
+    echo "cuobjdump cannot read the device code of $lib: $(head -n 1 <<<"$elf" | sed 's/^cuobjdump [a-z]* *: //') (a CPU-only build, or CUDA toolchains mixed)"
+    return 1
+  fi
+  ptx=$(PATH=$PATH_FOR_CUDA cuobjdump --list-ptx "$lib") ||
+    { echo "cuobjdump --list-ptx failed on $lib"; return 1; }
+  for a in $CUDA_ARCH_BIN; do grep -q "\.sm_$a\.cubin" <<<"$elf" || missing+=" sm_$a cubin"; done
+  for a in $CUDA_ARCH_PTX; do grep -q "\.sm_$a\.ptx" <<<"$ptx" || missing+=" compute_$a PTX"; done
+  [ -z "$missing" ] || { echo "$lib lacks:$missing"; return 1; }
+  release=$(PATH=$PATH_FOR_CUDA cuobjdump --dump-ptx "$lib" | grep -m 1 -o 'Cuda compilation tools, release [0-9.]*' || true)
+  [ "$release" = "Cuda compilation tools, release $CUDA_TOOLKIT_VERSION" ] ||
+    { echo "$lib: PTX made by '${release:-unknown}', expected CUDA $CUDA_TOOLKIT_VERSION"; return 1; }
+  local a_count p_count
+  a_count=$(grep -c '\.cubin' <<<"$elf"); p_count=$(grep -c '\.ptx' <<<"$ptx")
+  echo "fat binary: $a_count cubins ($(grep -o 'sm_[0-9]*' <<<"$elf" | sort -u | tr '\n' ' '| sed 's/ $//')), $p_count PTX ($(grep -o 'sm_[0-9]*' <<<"$ptx" | sort -u | tr '\n' ' ' | sed 's/ $//')); $release"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -288,11 +501,21 @@ if [ "${1:-}" = "--verify-source" ]; then
   verify_source "${2:?usage: setup.sh --verify-source DIR}"
   exit
 fi
-[ $# -eq 0 ] || { echo "usage: scripts/setup.sh [--verify-source DIR]" >&2; exit 2; }
+if [ "${1:-}" = "--print-cmake-flags" ]; then build_flags; exit; fi
+if [ "${1:-}" = "--print-cuda-apt-sources" ]; then cuda_apt_sources; exit; fi
+if [ "${1:-}" = "--verify-fatbin" ]; then verify_fatbin "${2:?usage: setup.sh --verify-fatbin LIB}"; exit; fi
+[ $# -eq 0 ] || { echo "usage: scripts/setup.sh [--gpu] [--verify-source DIR | --print-cmake-flags | --print-cuda-apt-sources | --verify-fatbin LIB]" >&2; exit 2; }
 
+if [ "$GPU" = 1 ] && [ -z "${RMNET_SETUP_LOGS:-}" ]; then LOGDIR=$ROOT/.setup-logs/gpu; fi
 mkdir -p "$CACHE/downloads" "$CACHE/caffe" "$LOGDIR"
 say "system packages";  run_step "system packages" step_system_packages
+if [ "$GPU" = 1 ]; then
+  say "cuda toolkit";   run_step "cuda toolkit" step_cuda_toolkit
+fi
 say "python venv";      run_step "python venv" step_python_venv
+if [ "$GPU" = 1 ]; then
+  say "nccl";           run_step "nccl" step_nccl
+fi
 say "caffe source";     run_step "caffe source" step_caffe_source
 say "caffe build";      run_step "caffe build" step_caffe_build
 say "wire caffe into $VENV"; run_step "wire" step_wire

@@ -78,7 +78,8 @@ def test_failed_step_prints_one_line_with_step_and_log(tmp_path):
     naming the step and its log; the half-done fetch leaves nothing that a re-run would trust."""
     env = {**os.environ, "RMNET_CACHE": str(tmp_path / "cache"),
            "RMNET_SETUP_LOGS": str(tmp_path / "logs"),
-           "RMNET_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"}
+           "RMNET_DEBIAN_MIRROR": "http://127.0.0.1:9/debian",
+           "RMNET_VENV": sys.prefix}     # the venv running the suite (.venv or .venv-gpu)
     out = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, env=env,
                          timeout=600)
     assert out.returncode != 0
@@ -89,6 +90,107 @@ def test_failed_step_prints_one_line_with_step_and_log(tmp_path):
     assert str(log) in lines[0] and log.exists()
     assert "127.0.0.1" in log.read_text()
     assert list((tmp_path / "cache" / "downloads").iterdir()) == []  # no half-fetched files
+
+
+# --- the CUDA build's recipe (`make setup GPU=1`) ---------------------------------------------
+
+def setup_out(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SETUP), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=60)
+
+
+def cuda_env() -> dict[str, str]:
+    out = {}
+    for line in (REPO / "scripts" / "caffe" / "cuda.env").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            out[k] = v.strip('"')
+    return out
+
+
+def cmake_value(flags: list[str], name: str) -> str:
+    """The value CMake keeps: the last -D of that name."""
+    values = [f.split("=", 1)[1] for f in flags if f.startswith(f"-D{name}=")]
+    assert values, f"no -D{name}"
+    return values[-1]
+
+
+def test_cpu_build_flags_have_no_cuda():
+    flags = setup_out("--print-cmake-flags").stdout.splitlines()
+    assert cmake_value(flags, "CPU_ONLY") == "ON" and cmake_value(flags, "USE_NCCL") == "OFF"
+    assert not any("CUDA" in f for f in flags)
+
+
+def test_gpu_build_flags_override_the_cpu_ones():
+    cfg = cuda_env()
+    out = setup_out("--gpu", "--print-cmake-flags",
+                    env={"RMNET_CUDA_ARCH_BIN": "", "RMNET_CUDA_ARCH_PTX": ""})
+    assert out.returncode == 0, out.stderr
+    flags = out.stdout.splitlines()
+    cpu = setup_out("--print-cmake-flags").stdout.splitlines()
+    assert flags[:len(cpu)] == cpu                  # the CPU flags (and their changes) come first
+    assert cmake_value(flags, "CPU_ONLY") == "OFF"
+    assert cmake_value(flags, "USE_NCCL") == "ON" and cmake_value(flags, "USE_CUDNN") == "OFF"
+    assert cmake_value(flags, "CUDA_ARCH_NAME") == "Manual"
+    assert cmake_value(flags, "CUDA_ARCH_BIN") == cfg["CUDA_ARCH_BIN"] == "70 75 80 86 89 90"
+    assert cmake_value(flags, "CUDA_ARCH_PTX") == "90"
+    assert cmake_value(flags, "CUDA_NVCC_EXECUTABLE") == "/usr/bin/nvcc"
+    assert cmake_value(flags, "CUDA_HOST_COMPILER") == "/usr/bin/g++-11"
+    nccl = cmake_value(flags, "NCCL_LIBRARIES")
+    assert nccl.endswith(f"{cfg['NCCL_WHEEL']}-{cfg['NCCL_VERSION']}/nvidia/nccl/lib/libnccl.so.2")
+    assert len(cfg["NCCL_WHEEL_SHA256"]) == 64
+
+
+def test_gpu_architectures_can_be_narrowed_for_a_test_build():
+    flags = setup_out("--gpu", "--print-cmake-flags", env={"RMNET_CUDA_ARCH_BIN": "80"}).stdout
+    assert cmake_value(flags.splitlines(), "CUDA_ARCH_BIN") == "80"
+
+
+def test_cuda_toolkit_comes_from_a_private_sources_list_with_non_free():
+    out = setup_out("--print-cuda-apt-sources")
+    lines = out.stdout.splitlines()
+    assert lines, out.stderr
+    for line in lines:
+        assert line.startswith("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ")
+        assert line.endswith(" main non-free") and " bookworm" in line
+    text = (REPO / "scripts" / "setup.sh").read_text()
+    assert "--no-install-recommends $CUDA_TOOLKIT_PACKAGES" in text
+    assert '"Dir::Etc::SourceParts=$dir/sources.list.d"' in text
+    assert '"Dir::State::Lists=$dir/lists"' in text
+
+
+def test_setup_usage_error():
+    out = setup_out("--bogus")
+    assert out.returncode == 2 and "usage: scripts/setup.sh [--gpu]" in out.stderr
+
+
+def test_make_selects_the_gpu_recipe_and_venv_only_with_gpu_1():
+    if not shutil.which("make"):
+        pytest.skip("no make")
+    def dry(*args):
+        return subprocess.run(["make", "-n", "-C", str(REPO), *args], capture_output=True,
+                              text=True).stdout
+    assert "scripts/setup.sh --gpu" in dry("setup", "GPU=1")
+    assert "--gpu" not in dry("setup") and "--gpu" not in dry("test")
+    assert ".venv/bin/python -m pytest" in dry("test")
+    assert ".venv-gpu/bin/python -m pytest" in dry("test", "GPU=1")
+
+
+def test_fatbin_check_refuses_a_library_without_device_code():
+    if not Path("/usr/bin/cuobjdump").exists():
+        pytest.skip("no CUDA toolkit here (make setup GPU=1 installs it)")
+    import caffe
+
+    cpu_lib = Path(caffe.__file__).resolve().parents[3] / "libcaffe.so"
+    out = setup_out("--verify-fatbin", str(cpu_lib))
+    from rmnet.caffe.gpu import loaded_cudart
+    if loaded_cudart() is None:                    # the suite runs against the CPU build
+        assert out.returncode != 0 and "cannot read the device code" in out.stdout
+    else:                                          # against the CUDA build: what setup checked
+        assert out.returncode == 0, out.stdout
+        assert "release 11.8" in out.stdout
+        for sm in cuda_env()["CUDA_ARCH_BIN"].split():
+            assert f"sm_{sm}" in out.stdout or "RMNET_CUDA_ARCH_BIN" in os.environ
 
 
 # --- docker/Dockerfile replay ---------------------------------------------------------------
@@ -129,11 +231,30 @@ def test_dockerfile_parser_joins_lines_and_rejects_the_unknown(tmp_path):
         rep.replay(dc.parse_dockerfile(f), f)
 
 
+def test_gpu_dockerfile_runs_the_gpu_recipe_and_its_checks_say_no_gpu():
+    dc = load_docker_check()
+    steps = dc.parse_dockerfile(REPO / "docker" / "Dockerfile.gpu")
+    assert steps[0].op == "FROM" and steps[0].args == "debian:bookworm-slim"
+    assert set(s.op for s in steps) <= {"FROM", "ENV", "ARG", "WORKDIR", "COPY", "RUN", "CMD"}
+    assert "make setup GPU=1" in " ".join(s.args for s in steps if s.op == "RUN")
+    env = {}
+    for s in steps:
+        if s.op == "ENV":
+            env.update(dc.parse_env_args(s.args, env, "x"))
+    assert env["PATH"].startswith("/opt/rmnet/.venv-gpu/bin:")
+    assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    checks = " ".join(dc.GPU_CHECKS)
+    assert "tools/gpu_check.py" in checks and "--gpu 0" in checks and "make test GPU=1" in checks
+    assert f"test $rc -eq {dc.NO_GPU_EXIT}" in checks
+    from rmnet.caffe.gpu import NO_GPU_EXIT
+    assert dc.NO_GPU_EXIT == NO_GPU_EXIT
+
+
 def test_context_respects_dockerignore():
     if not (REPO / ".git").exists() or not shutil.which("git"):
         pytest.skip("needs a git checkout and git (the Docker image has neither)")
     dc = load_docker_check()
     files = {str(p) for p in dc.context_files(REPO)}
     assert "scripts/setup.sh" in files and "docker/Dockerfile" in files
-    assert not any(f.startswith((".venv/", ".setup-logs/", ".git/")) for f in files)
+    assert not any(f.startswith((".venv/", ".venv-gpu/", ".setup-logs/", ".git/")) for f in files)
     assert not any("__pycache__" in f for f in files)

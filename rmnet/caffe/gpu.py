@@ -1,0 +1,125 @@
+"""Which CUDA devices this process's Caffe can use, found out without letting Caffe abort.
+
+Caffe's GPU code stops the whole process with SIGABRT when there is no device (`set_device`,
+the first GPU blob allocation, `caffe device_query`: "Check failed: error == cudaSuccess (100
+vs. 0) no CUDA-capable device is detected"). The project's GPU entry points (tools/train.py
+--gpu/--gpus, tools/gpu_check.py) ask the CUDA runtime first, through ctypes on the very
+libcudart the imported pycaffe was linked against, and stop with one clear "no GPU" line and
+exit status NO_GPU_EXIT instead.
+
+A CPU-only Caffe (the default `make setup`) loads no libcudart at all: that is reported as its
+own reason ("built without CUDA"), not as a missing device.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+NO_GPU_EXIT = 3   # exit status of a command line asked for a GPU it cannot have (bad usage: 2)
+
+
+class NoGPUError(RuntimeError):
+    """The requested GPUs are not there; the message says why (one line)."""
+
+
+@dataclass(frozen=True)
+class GPUStatus:
+    count: int             # usable CUDA devices (0 when none, or a CPU-only Caffe)
+    reason: str            # why count is 0 ("" otherwise)
+    cudart: str | None     # the libcudart Caffe uses (None: Caffe built without CUDA)
+
+
+def loaded_cudart(maps: str = "/proc/self/maps") -> str | None:
+    """Path of the libcudart mapped into this process (pycaffe's, once caffe is imported)."""
+    try:
+        with open(maps) as f:
+            for line in f:
+                path = line.rstrip("\n").split(maxsplit=5)[-1]
+                if "/libcudart.so" in path:
+                    return path
+    except OSError:
+        return None
+    return None
+
+
+def device_count(cudart: str) -> tuple[int, str]:
+    """(number of CUDA devices, "" or why none) from ``cudaGetDeviceCount`` of ``cudart``.
+    No driver (error 35) and no device (error 100) both come back as 0 with the runtime's own
+    message; this never aborts."""
+    lib = ctypes.CDLL(cudart)
+    n = ctypes.c_int(0)
+    rc = lib.cudaGetDeviceCount(ctypes.byref(n))
+    if rc != 0:
+        lib.cudaGetErrorString.restype = ctypes.c_char_p
+        msg = lib.cudaGetErrorString(rc)
+        text = msg.decode(errors="replace") if msg else "unknown error"
+        what = {35: "no NVIDIA driver loaded", 100: "no CUDA-capable device"}.get(rc, "CUDA unusable")
+        return 0, f"{what} (cudaGetDeviceCount: {text}, CUDA error {rc})"
+    if n.value == 0:
+        return 0, "cudaGetDeviceCount found no device"
+    return int(n.value), ""
+
+
+def device_name(cudart: str, device: int) -> str:
+    """The device's name from cudaGetDeviceProperties (its first field, char[256])."""
+    lib = ctypes.CDLL(cudart)
+    buf = ctypes.create_string_buffer(8192)      # larger than cudaDeviceProp in any CUDA 11/12
+    if lib.cudaGetDeviceProperties(buf, int(device)) != 0:
+        return f"device {device}"
+    return buf.raw[:256].split(b"\0", 1)[0].decode(errors="replace")
+
+
+def gpu_status() -> GPUStatus:
+    """The CUDA devices the imported pycaffe can use."""
+    try:
+        import caffe  # noqa: F401  (maps libcaffe.so and, in a CUDA build, its libcudart)
+    except ImportError as e:
+        return GPUStatus(0, f"pycaffe does not import ({e}): run make setup GPU=1", None)
+    cudart = loaded_cudart()
+    if cudart is None:
+        return GPUStatus(0, "this Caffe is built without CUDA (make setup GPU=1 builds the CUDA "
+                            "one into .venv-gpu)", None)
+    try:
+        count, reason = device_count(cudart)
+    except (OSError, AttributeError) as e:
+        return GPUStatus(0, f"cannot ask {cudart} for devices: {e}", cudart)
+    return GPUStatus(count, reason, cudart)
+
+
+def cuda_device_count() -> int:
+    """Usable CUDA devices for this process's Caffe; 0 without a driver, a device, or CUDA."""
+    return gpu_status().count
+
+
+def parse_gpu_ids(text: str) -> list[int]:
+    """"0,1,3" -> [0, 1, 3]. ValueError (a usage error) for anything else, and for repeats:
+    each rank needs its own device (NCCL 2.x refuses two ranks of one communicator on a GPU)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or any(not p.isdigit() for p in parts):
+        raise ValueError(f"GPU ids must be comma-separated device numbers like 0 or 0,1, "
+                         f"got {text!r}")
+    ids = [int(p) for p in parts]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"GPU ids repeat in {text!r}: each training process needs its own "
+                         f"device")
+    return ids
+
+
+def check_gpu_ids(ids: list[int], status: GPUStatus) -> None:
+    """NoGPUError unless every id in ``ids`` is a device of ``status``."""
+    if status.count == 0:
+        raise NoGPUError(f"no GPU: {status.reason}")
+    missing = [i for i in ids if i >= status.count]
+    if missing:
+        raise NoGPUError(f"no GPU {', '.join(map(str, missing))}: only {status.count} CUDA "
+                         f"device(s) visible (0..{status.count - 1}"
+                         f"{'; CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'] if 'CUDA_VISIBLE_DEVICES' in os.environ else ''})")
+
+
+def require_gpus(ids: list[int]) -> GPUStatus:
+    """Check that Caffe can use every device in ``ids`` before anything calls into it;
+    NoGPUError (one line, starting "no GPU") otherwise."""
+    status = gpu_status()
+    check_gpu_ids(ids, status)
+    return status
