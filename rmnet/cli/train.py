@@ -14,6 +14,9 @@
     .venv/bin/python tools/train.py --data DIR --resume
     # a committed solver as it is (paths relative to the repo root):
     .venv/bin/python tools/train.py --solver solvers/market.prototxt
+    # on a GPU, or one process per GPU over NCCL (after `make setup GPU=1`):
+    .venv-gpu/bin/python tools/train.py --data DIR --gpu 0
+    .venv-gpu/bin/python tools/train.py --data DIR --gpus 0,1,2,3
 
 With --data, the variant's nets and solver are rendered into the run folder (default
 ``runs/<variant>``) for that dataset (its number of training identities becomes the class
@@ -33,6 +36,13 @@ leaves no orphaned Caffe). Ctrl-C stops Caffe, which snapshots first; the log st
 and one line says where the snapshot is and how to continue (exit status 130). The log is
 ``<run folder>/train.log`` (``--data``) or next to the solver's snapshots,
 ``<snapshot prefix>.train.log`` (``--solver``), so runs never share a log.
+
+GPUs: ``--gpu N`` runs `caffe train ... -gpu N` (which overrides the solver's solver_mode);
+``--gpus 0,1,...`` runs one process per GPU over Caffe's NCCL bindings (rmnet.train.multigpu):
+each runs the solver's batch, so the effective batch is N times larger, at the solver's
+learning rate; snapshots, tests and the log come from rank 0. The devices are checked before
+anything starts: without them (no driver, no device, or a CPU-only Caffe) it stops with one
+"no GPU" line and exit status 3.
 """
 from __future__ import annotations
 
@@ -80,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                          "auto, " + ", ".join(FORMATS))
     ap.add_argument("--trainval", action="store_true",
                     help="with --data: MSMT17 trains on list_train + list_val")
+    dev = ap.add_mutually_exclusive_group()
+    dev.add_argument("--gpu", metavar="N", help="train on CUDA device N")
+    dev.add_argument("--gpus", metavar="LIST",
+                     help="train on several CUDA devices, one process each (e.g. 0,1)")
     args = ap.parse_args(argv)
     if args.data is not None:
         args.data = [Path(d) for d in split_list(args.data)]
@@ -90,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--format: {len(formats)} formats for {len(args.data)} --data folders "
                  f"(give one for all, or one per folder)")
     args.formats = (formats[0] if len(formats) == 1 else formats) if formats else None
+    args.devices = None
+    if args.gpu is not None or args.gpus is not None:
+        from rmnet.caffe.gpu import parse_gpu_ids
+        try:
+            args.devices = parse_gpu_ids(args.gpu if args.gpu is not None else args.gpus)
+        except ValueError as e:
+            ap.error(str(e))
+        if args.gpu is not None and len(args.devices) != 1:
+            ap.error("--gpu takes one device; --gpus takes a list")
     check_output(args.run_dir, '--run-dir', folder=True)
     for name in ("iters", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -110,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("weights", "snapshot", "source"):
         if getattr(args, name) is not None:
             setattr(args, name, getattr(args, name).resolve())
+    if args.devices is not None:
+        # Before anything else: Caffe aborts (SIGABRT) on a device that is not there.
+        from rmnet.caffe.gpu import NO_GPU_EXIT, NoGPUError, require_gpus
+        try:
+            require_gpus(args.devices)
+        except NoGPUError as e:
+            print(f"train: {e}", file=sys.stderr)
+            return NO_GPU_EXIT
     prefix: Path | None = None
     try:
         if args.data is not None:
@@ -208,10 +239,21 @@ def _train(args, solver: Path, cwd: Path, info, prefix: Path, paths: dict | None
             raise TrainingError(f"{snapshot}: cannot resume from it: {problem}")
     log = (Path(solver).parent / "train.log" if paths is not None
            else prefix.parent / f"{prefix.name}.train.log")
-    print(f"train: caffe train -solver {solver} (log: {log})")
-    run_caffe_train(solver, log, weights=str(weights) if weights else None,
-                    snapshot=str(snapshot) if snapshot else None, cwd=cwd,
-                    max_iter=info.max_iter, append=snapshot is not None)
+    gpus = args.devices
+    if gpus is not None and len(gpus) > 1:
+        from rmnet.train.multigpu import run_multi_gpu
+        print(f"train: {len(gpus)} processes on GPUs {','.join(map(str, gpus))} over NCCL, "
+              f"solver {solver} (log: {log})")
+        run_multi_gpu(solver, gpus, log, weights=str(weights) if weights else None,
+                      snapshot=str(snapshot) if snapshot else None, cwd=cwd,
+                      max_iter=info.max_iter, append=snapshot is not None)
+    else:
+        on = f" -gpu {gpus[0]}" if gpus else ""
+        print(f"train: caffe train -solver {solver}{on} (log: {log})")
+        run_caffe_train(solver, log, weights=str(weights) if weights else None,
+                        snapshot=str(snapshot) if snapshot else None, cwd=cwd,
+                        max_iter=info.max_iter, append=snapshot is not None,
+                        gpu=gpus[0] if gpus else None)
     print(f"train: done; snapshots: {info.snapshot_prefix}_iter_*.caffemodel")
     return 0
 

@@ -423,20 +423,36 @@ def run_caffe_train(solver: str | os.PathLike, log_path: str | os.PathLike,
                     weights: str | None = None, snapshot: str | None = None,
                     cwd: str | os.PathLike = ".", max_iter: int | None = None,
                     echo: Callable[[str], None] = print, every: float = 10.0,
-                    append: bool = False) -> None:
+                    append: bool = False, gpu: int | None = None) -> None:
     """Run `caffe train`, write its whole log to ``log_path`` and echo a progress line at most
     every ``every`` seconds (iteration/max, smoothed loss, lr, s/iter, ETA). A non-zero exit
     raises TrainingError with the last iteration reached and the error Caffe or a Python layer
     printed (e.g. the loss layer that saw a NaN). ``append``: add to an existing log (a resumed
-    run keeps its earlier curves)."""
+    run keeps its earlier curves). ``gpu``: train on that CUDA device (`-gpu N`, which
+    overrides the solver's solver_mode); check it exists first (rmnet.caffe.gpu.require_gpus),
+    since Caffe aborts without one."""
     cmd = [caffe_binary(), "train", "-solver", str(solver)]
     if weights:
         cmd += ["-weights", str(weights)]
     if snapshot:
         cmd += ["-snapshot", str(snapshot)]
+    if gpu is not None:
+        cmd += ["-gpu", str(int(gpu))]
     env = dict(os.environ)
     env.setdefault("GLOG_logtostderr", "1")
     env["GLOG_minloglevel"] = "0"       # the solver's INFO lines carry the iterations and losses
+    stream_training(cmd, log_path, cwd=cwd, env=env, max_iter=max_iter, echo=echo, every=every,
+                    append=append)
+
+
+def stream_training(cmd: list[str], log_path: str | os.PathLike, cwd: str | os.PathLike,
+                    env: dict[str, str], max_iter: int | None = None,
+                    echo: Callable[[str], None] = print, every: float = 10.0,
+                    append: bool = False,
+                    started: Callable[[subprocess.Popen], None] | None = None) -> None:
+    """Run a training command that prints Caffe's solver log (the `caffe` tool, or the root
+    rank of a multi-GPU run), as run_caffe_train describes. ``started`` is called with the
+    process once it runs (a multi-GPU launcher watches the other ranks with it)."""
     progress = _Progress(max_iter, echo, every)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -448,6 +464,8 @@ def run_caffe_train(solver: str | os.PathLike, log_path: str | os.PathLike,
         proc = subprocess.Popen(cmd, cwd=str(cwd), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace",
                                 preexec_fn=_die_with_parent, start_new_session=True)
+        if started is not None:
+            started(proc)
         assert proc.stdout is not None
         interrupted: list[int] = []
 
