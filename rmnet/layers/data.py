@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from rmnet.layers import augment
-from rmnet.layers.mining import HardSampleMiner, mix_terms
+from rmnet.layers.mining import HardSampleMiner, mix_terms, rank_seed
 
 try:
     import caffe
@@ -142,9 +142,12 @@ class BatchSource:
     """Plans batches (ids, weights, augmentation) and renders them, prefetching in workers."""
 
     def __init__(self, cfg: DataConfig, paths: list[str], labels: np.ndarray, train: bool,
-                 log=print):
+                 log=print, rank: int = 0, ranks: int = 1):
         self.cfg, self.paths, self.labels, self.train = cfg, paths, labels, train
         self.log = log
+        # Several training processes (one per GPU): each trains on its share of every round's
+        # identities (rmnet.layers.mining.shard_identities) with its own augmentation stream.
+        self.rank, self.ranks = (rank, ranks) if train else (0, 1)
         self.first_batch = 0
         self._seed(cfg.seed, cfg.seed + 1)
         self._test_pos = 0
@@ -160,8 +163,10 @@ class BatchSource:
         self.miner = HardSampleMiner(self.labels, self.cfg.batch_size, self.cfg.images_per_id,
                                      keep_fraction=self.cfg.keep_fraction,
                                      mining=self.cfg.mining and self.train,
-                                     weighted=self.cfg.weighted, seed=miner_seed)
-        self.aug_rng = np.random.default_rng(aug_seed)
+                                     weighted=self.cfg.weighted, seed=miner_seed,
+                                     rank=self.rank, ranks=self.ranks)
+        self.aug_rng = np.random.default_rng(aug_seed if self.ranks == 1
+                                             else rank_seed(aug_seed, self.rank))
 
     def resume_at(self, batches_done: int) -> None:
         """Continue a run that has drawn ``batches_done`` batches (from a snapshot): the
@@ -330,8 +335,12 @@ if caffe is not None:
                 raise ValueError(f"MarketDataLayer: {cfg.root} has {n_ids} train identities but "
                                  f"the net was generated for num_classes={cfg.num_classes}")
             train = self.phase == caffe.TRAIN
+            # One process per GPU (rmnet.train.multigpu): Caffe's solver rank and count are set
+            # before the net is built; 0 of 1 otherwise.
             self.source = BatchSource(cfg, paths, labels, train,
-                                      log=lambda m: print(m, file=sys.stderr, flush=True))
+                                      log=lambda m: print(m, file=sys.stderr, flush=True),
+                                      rank=int(caffe.solver_rank()),
+                                      ranks=int(caffe.solver_count()))
             # Caffe's Python layers do not see their own layer name: the "name" in param_str
             # (the generator writes the layer's name) registers it for the feedback layer.
             batch_sources.register(cfg.name, self.phase, self.source)

@@ -19,6 +19,11 @@ e. each new round raises the augmentation difficulty (rmnet.layers.augment).
 
 Everything random comes from one seeded generator, so the same seed and the same loss feedback
 give the same batches.
+
+With several training processes (one per GPU, ``ranks`` > 1) the identities of each round are
+shared out: every rank draws the same shuffled round from a generator seeded alike on all ranks
+and keeps its own share of it (``shard_identities``), so in one round no two ranks train on the
+same identity; its image choices and its loss estimates (the mining) are its own.
 """
 from __future__ import annotations
 
@@ -47,13 +52,33 @@ def mix_terms(terms: np.ndarray, weights) -> np.ndarray:
     return terms @ weights
 
 
+def shard_identities(order: np.ndarray, rank: int, ranks: int) -> np.ndarray:
+    """The share of one round's shuffled identities ``order`` that training process ``rank``
+    of ``ranks`` trains on: every ranks-th identity from position rank. The shares are disjoint,
+    cover the round, and differ in size by at most one."""
+    if ranks < 1 or not 0 <= rank < ranks:
+        raise ValueError(f"rank must be in [0, {ranks}) with ranks >= 1, got rank {rank}")
+    order = np.asarray(order)
+    if order.size < ranks:
+        raise ValueError(f"{order.size} identities cannot be shared out over {ranks} training "
+                         f"processes")
+    return order[rank::ranks]
+
+
+def rank_seed(seed, rank: int):
+    """A seed for rank ``rank``'s own random choices, distinct per rank (int or sequence seed)."""
+    base = list(seed) if isinstance(seed, (list, tuple)) else [seed]
+    return [*base, 7919, rank]
+
+
 class HardSampleMiner:
     """Chooses the images of each training batch from their last known losses."""
 
     def __init__(self, labels: np.ndarray, batch_size: int, images_per_id: int,
                  keep_fraction: float = 0.5,
-                 mining: bool = True, weighted: bool = False, seed: int = 0,
-                 weight_clip: tuple[float, float] = (0.25, 4.0)):
+                 mining: bool = True, weighted: bool = False, seed=0,
+                 weight_clip: tuple[float, float] = (0.25, 4.0), rank: int = 0,
+                 ranks: int = 1):
         labels = np.asarray(labels, dtype=np.int64)
         if labels.ndim != 1 or labels.size == 0:
             raise ValueError("labels must be a non-empty 1-d array")
@@ -69,12 +94,19 @@ class HardSampleMiner:
         self.weighted = weighted and mining
         self.weight_clip = weight_clip
         self.losses = np.full(labels.size, np.nan)   # last known loss per image (nan: unseen)
-        self.rng = np.random.default_rng(seed)
+        self.rank, self.ranks = rank, ranks
+        if ranks == 1:
+            self.rng = np.random.default_rng(seed)
+            self._round_rng = self.rng        # one stream, as a single process always had
+        else:
+            self._round_rng = np.random.default_rng(seed)       # alike on every rank
+            self.rng = np.random.default_rng(rank_seed(seed, rank))
         self.identities = np.unique(labels)
+        shard_identities(self.identities, rank, ranks)     # refuses too few identities
         self.by_identity = {int(c): np.flatnonzero(labels == c) for c in self.identities}
         self.excluded: set[int] = set()
         self.round = 0
-        self._order = self.rng.permutation(self.identities)
+        self._order = self._round_order()
         self._pos = 0
 
     # -- feedback --------------------------------------------------------------------------
@@ -96,10 +128,15 @@ class HardSampleMiner:
         self.excluded.update(int(i) for i in ids)
 
     # -- sampling --------------------------------------------------------------------------
+    def _round_order(self) -> np.ndarray:
+        """The next round's identities, in order: this rank's share of a shuffled pass."""
+        return shard_identities(self._round_rng.permutation(self.identities), self.rank,
+                                self.ranks)
+
     def _next_identity(self) -> int:
         if self._pos >= len(self._order):
             self.round += 1
-            self._order = self.rng.permutation(self.identities)
+            self._order = self._round_order()
             self._pos = 0
         c = int(self._order[self._pos])
         self._pos += 1
