@@ -187,5 +187,25 @@ def test_rank_process_refuses_bad_arguments_and_no_gpu(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     out = run_py("-m", "rmnet.caffe.nccl", "--solver", "x", "--gpus", "0,1", "--rank", "1",
                  "--uid", "00")
+    assert out.returncode == 2 and "--uid must be 128 bytes in hex, got 1" in out.stderr
+    out = run_py("-m", "rmnet.caffe.nccl", "--solver", "x", "--gpus", "0,1", "--rank", "1",
+                 "--uid", bytes(128).hex())
     assert out.returncode == 3, out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("nccl rank 1: no GPU")
+
+
+def test_nccl_unique_id_keeps_its_zero_bytes():
+    """pycaffe's NCCL.new_uid() cuts the id at its first zero byte; ours is all 128 bytes."""
+    import caffe
+
+    from rmnet.caffe.gpu import loaded_library
+    from rmnet.caffe.nccl import new_uid
+
+    if not caffe.has_nccl() or loaded_library("libnccl") is None:
+        pytest.skip("this Caffe is built without NCCL (the CUDA build has it)")
+    try:
+        uid = new_uid()
+    except RuntimeError as e:           # NCCL may want a device even for this
+        pytest.skip(f"NCCL cannot make an id on this machine: {e}")
+    assert len(uid) == 128 and b"\0" in uid
+    assert len(bytes(caffe.NCCL.new_uid())) < 128          # the bug this avoids

@@ -30,17 +30,22 @@ class GPUStatus:
     cudart: str | None     # the libcudart Caffe uses (None: Caffe built without CUDA)
 
 
-def loaded_cudart(maps: str = "/proc/self/maps") -> str | None:
-    """Path of the libcudart mapped into this process (pycaffe's, once caffe is imported)."""
+def loaded_library(stem: str, maps: str = "/proc/self/maps") -> str | None:
+    """Path of the shared library ``stem`` (e.g. "libcudart") mapped into this process."""
     try:
         with open(maps) as f:
             for line in f:
                 path = line.rstrip("\n").split(maxsplit=5)[-1]
-                if "/libcudart.so" in path:
+                if f"/{stem}.so" in path:
                     return path
     except OSError:
         return None
     return None
+
+
+def loaded_cudart(maps: str = "/proc/self/maps") -> str | None:
+    """Path of the libcudart mapped into this process (pycaffe's, once caffe is imported)."""
+    return loaded_library("libcudart", maps)
 
 
 def device_count(cudart: str) -> tuple[int, str]:

@@ -13,7 +13,8 @@ joins the NCCL communicator named by the unique id the launcher made, takes rank
 each backward pass, so every rank applies the same update. Rank 0 runs Caffe's Solve (the final
 snapshot and test included); the others step the same number of iterations.
 
-This is the sequence of BVLC Caffe's python/train.py; nothing here is home-made reduction.
+This is the sequence of BVLC Caffe's python/train.py (except the unique id: see new_uid);
+nothing here is home-made reduction.
 """
 from __future__ import annotations
 
@@ -22,13 +23,32 @@ import sys
 from pathlib import Path
 
 
+NCCL_UNIQUE_ID_BYTES = 128
+
+
 def new_uid() -> bytes:
-    """A fresh NCCL unique id (the rendezvous of one communicator), made by Caffe's bindings."""
+    """A fresh NCCL unique id (the rendezvous of one communicator): ncclGetUniqueId of the
+    libnccl that Caffe links, through ctypes. Not pycaffe's ``NCCL.new_uid()``: it returns the id
+    with ``PyBytes_FromString``, which stops at the first zero byte (the id holds a socket
+    address, so it always has some), and Caffe's NCCL constructor then copies 128 bytes from the
+    shorter string. The process that calls this hosts NCCL's bootstrap root and must live until
+    every rank has joined (the launcher does)."""
+    import ctypes
+
     import caffe
+
+    from rmnet.caffe.gpu import loaded_library
 
     if not caffe.has_nccl():
         raise RuntimeError("this Caffe is built without NCCL (make setup GPU=1 builds it with)")
-    return bytes(caffe.NCCL.new_uid())
+    lib = loaded_library("libnccl")
+    if lib is None:
+        raise RuntimeError("pycaffe reports NCCL but no libnccl is loaded")
+    buf = ctypes.create_string_buffer(NCCL_UNIQUE_ID_BYTES)
+    rc = ctypes.CDLL(lib).ncclGetUniqueId(buf)
+    if rc != 0:
+        raise RuntimeError(f"ncclGetUniqueId failed with NCCL error {rc}")
+    return buf.raw
 
 
 def run_rank(solver_path: str, gpus: list[int], rank: int, uid: bytes,
@@ -79,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.rank < len(gpus):
             raise ValueError(f"--rank {args.rank} is not one of the {len(gpus)} ranks")
         uid = bytes.fromhex(args.uid)
+        if len(uid) != NCCL_UNIQUE_ID_BYTES:
+            raise ValueError(f"--uid must be {NCCL_UNIQUE_ID_BYTES} bytes in hex, got {len(uid)}")
     except ValueError as e:
         print(f"nccl rank: {e}", file=sys.stderr)
         return 2
