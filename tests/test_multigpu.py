@@ -209,3 +209,26 @@ def test_nccl_unique_id_keeps_its_zero_bytes():
         pytest.skip(f"NCCL cannot make an id on this machine: {e}")
     assert len(uid) == 128 and b"\0" in uid
     assert len(bytes(caffe.NCCL.new_uid())) < 128          # the bug this avoids
+
+
+def test_train_cli_hands_the_devices_to_caffe(dataset, tmp_path, monkeypatch):
+    """With the devices there (faked), --gpu N reaches `caffe train -gpu N` and --gpus 0,1 the
+    multi-GPU launcher, after the same checks and run folder as a CPU run."""
+    import rmnet.caffe.gpu as gpu
+    import rmnet.cli.train as cli
+    import rmnet.train.multigpu as multigpu
+
+    checked, calls = [], []
+    monkeypatch.setattr(gpu, "require_gpus", lambda ids: checked.append(ids))
+    monkeypatch.setattr(cli, "run_caffe_train", lambda solver, log, **kw: calls.append(("one", kw)))
+    monkeypatch.setattr(multigpu, "run_multi_gpu",
+                        lambda solver, gpus, log, **kw: calls.append(("multi", gpus, kw)))
+    common = ["--data", str(dataset), "--run-dir", str(tmp_path / "run"), "--iters", "6",
+              "--batch-size", "8"]
+    assert cli.main(common + ["--gpu", "1"]) == 0
+    assert cli.main(common + ["--gpus", "0,1"]) == 0
+    assert checked == [[1], [0, 1]]
+    (kind, kw), (kind2, gpus, kw2) = calls
+    assert kind == "one" and kw["gpu"] == 1
+    assert kind2 == "multi" and gpus == [0, 1] and kw2["weights"].endswith("init.caffemodel")
+    assert kw2["max_iter"] == 6
