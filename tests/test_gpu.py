@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmnet.caffe import gpucheck
+from rmnet.train import gpucheck
 from rmnet.caffe.gpu import (GPUStatus, NoGPUError, check_gpu_ids, gpu_status, loaded_cudart,
                              parse_gpu_ids)
 from tests.conftest import REPO

@@ -5,7 +5,7 @@
 
 1. layers, light and strong train nets: one forward and backward on the GPU against the CPU
    from the same weights and inputs; every blob's values and gradients and every parameter
-   gradient must agree to float32 tolerance (rmnet.caffe.gpucheck);
+   gradient must agree to float32 tolerance (rmnet.train.gpucheck);
 2. the native layer types of those nets: gradients on the GPU against finite differences;
 3. training: the light net on a small synthetic dataset for --iters (50) iterations, once on
    the CPU and once on the GPU, from the same initial weights and batches; the loss curves must
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_layers(variant: str, device: int) -> tuple[str, str]:
-    from rmnet.caffe.gpucheck import compare_modes
+    from rmnet.train.gpucheck import compare_modes
 
     diffs = compare_modes(REPO / "prototxt" / variant / "train.prototxt", ("cpu", "gpu"),
                           device=device)
@@ -106,7 +106,7 @@ def check_layers(variant: str, device: int) -> tuple[str, str]:
 
 
 def check_gradients(device: int) -> tuple[str, str]:
-    from rmnet.caffe.gpucheck import FD_TOL, NATIVE_CASES, finite_difference
+    from rmnet.train.gpucheck import FD_TOL, NATIVE_CASES, finite_difference
 
     res = [finite_difference(c, "gpu", device) for c in NATIVE_CASES]
     bad = [r for r in res if not r.ok]
@@ -134,7 +134,7 @@ def prepare_training(args, context: dict) -> dict:
 
 
 def check_training(args, context: dict) -> tuple[str, str]:
-    from rmnet.caffe.gpucheck import curves_match, images_per_second, loss_curve
+    from rmnet.train.gpucheck import curves_match, images_per_second, loss_curve
     from rmnet.train.run import run_caffe_train
 
     ctx = prepare_training(args, context)
@@ -158,7 +158,7 @@ def check_nccl(args, count: int, context: dict) -> tuple[str, str]:
     if count < 2:
         return "SKIP", ("one GPU: NCCL 2.x refuses two ranks of one communicator on the same "
                         "device (\"Duplicate GPU detected\"); run on a machine with two")
-    from rmnet.caffe.gpucheck import compare_caffemodels
+    from rmnet.train.gpucheck import compare_caffemodels
     from rmnet.train.multigpu import run_multi_gpu
 
     ctx = prepare_training(args, context)

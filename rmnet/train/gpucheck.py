@@ -1,4 +1,5 @@
 """The checks of tools/gpu_check.py, as functions: Caffe's GPU code against its CPU code.
+(In rmnet.train, not rmnet.caffe: it builds nets with rmnet.train.run's data-layer swap.)
 
 - ``compare_modes``: one train net (its data layer swapped for inputs of fixed random images
   and labels) run forward and backward in two modes with the same weights; every blob's values
@@ -73,10 +74,11 @@ def _inputs_net(prototxt: str | Path, batch: int):
 
 def _run(net_param, mode: str, device: int, feed: dict[str, np.ndarray],
          params: dict[str, list[np.ndarray]] | None):
-    from rmnet.train.run import load_net
+    from rmnet.caffe.pycaffe import net_from_param
 
     set_mode(mode, device)
-    net = load_net(net_param, "TRAIN")
+    net = net_from_param(net_param, "TRAIN")
+    set_mode(mode, device)          # net_from_param leaves pycaffe in CPU mode
     if params is None:
         params = {k: [b.data.copy() for b in v] for k, v in net.params.items()}
     for k, v in net.params.items():
@@ -296,12 +298,9 @@ def compare_caffemodels(a: str | Path, b: str | Path, skip_types: tuple[str, ...
 
     skip: set[str] = set()
     if prototxt is not None:
-        from caffe.proto import caffe_pb2
-        from google.protobuf import text_format
+        from rmnet.caffe.protos import read_net
 
-        net = text_format.Parse(Path(prototxt).read_text(), caffe_pb2.NetParameter())
-        skip = {l.name for l in net.layer if l.type in skip_types}
-        # counters kept by Python layers are per rank as well, but equal: compare them too
+        skip = {l.name for l in read_net(prototxt).layer if l.type in skip_types}
     wa, wb = read_caffemodel(a), read_caffemodel(b)
     worst, n = 0.0, 0
     for name, blobs in wa.items():
