@@ -186,11 +186,19 @@ def test_fatbin_check_refuses_a_library_without_device_code():
     from rmnet.caffe.gpu import loaded_cudart
     if loaded_cudart() is None:                    # the suite runs against the CPU build
         assert out.returncode != 0 and "cannot read the device code" in out.stdout
-    else:                                          # against the CUDA build: what setup checked
+    else:
+        # Against the CUDA build: setup checked it and recorded what it found; the same check
+        # for the architectures it was built for passes again.
+        import re
+        record = (cpu_lib.parent.parent / "cuobjdump.txt").read_text()
+        assert "Cuda compilation tools, release 11.8" in record
+        cubins = re.search(r"cubins \(([^)]*)\)", record).group(1)
+        archs = " ".join(a.removeprefix("sm_") for a in cubins.split())
+        out = setup_out("--verify-fatbin", str(cpu_lib), env={"RMNET_CUDA_ARCH_BIN": archs})
         assert out.returncode == 0, out.stdout
-        assert "release 11.8" in out.stdout
-        for sm in cuda_env()["CUDA_ARCH_BIN"].split():
-            assert f"sm_{sm}" in out.stdout or "RMNET_CUDA_ARCH_BIN" in os.environ
+        assert out.stdout.strip() == record.strip()
+        bad = setup_out("--verify-fatbin", str(cpu_lib), env={"RMNET_CUDA_ARCH_BIN": "52"})
+        assert bad.returncode != 0 and "lacks: sm_52 cubin" in bad.stdout
 
 
 # --- docker/Dockerfile replay ---------------------------------------------------------------
