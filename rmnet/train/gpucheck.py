@@ -208,28 +208,27 @@ def finite_difference(case: LayerCase, mode: str = "cpu", device: int = 0, seed:
 
     objective()
     net.backward()
-    targets = [("x", net.blobs["x"].data, net.blobs["x"].diff.copy(), x)]
+    # (name, current values, analytic gradient, set values): a parameter is written through a
+    # fresh `blob.data` each time, which moves its memory's head to the host, so a GPU forward
+    # copies the change over (a kept numpy view would be stale on the device).
+    targets = [("x", x.copy(), net.blobs["x"].diff.copy(), lambda v: x.__setitem__(..., v))]
     for i, blob in enumerate(net.params.get("layer", [])):
         if case.name == "batchnorm":
             break                      # its blobs are running statistics, not learnt
-        targets.append((f"param{i}", blob.data, blob.diff.copy(), None))
+        targets.append((f"param{i}", blob.data.copy(), blob.diff.copy(),
+                        lambda v, b=blob: b.data.__setitem__(..., v)))
     worst, checked = 0.0, 0
-    for _, data, grad, source in targets:
+    for _, base, grad, assign in targets:
         scale = max(float(np.abs(grad).max(initial=0)), 1e-3)
-        flat = source.reshape(-1) if source is not None else data.reshape(-1)
-        for j in rng.choice(flat.size, size=min(samples, flat.size), replace=False):
-            keep = float(flat[j])
-            flat[j] = keep + eps
-            if source is None:
-                data.reshape(-1)[j] = flat[j]
+        for j in rng.choice(base.size, size=min(samples, base.size), replace=False):
+            values = base.copy()
+            values.reshape(-1)[j] += eps
+            assign(values)
             up = objective()
-            flat[j] = keep - eps
-            if source is None:
-                data.reshape(-1)[j] = flat[j]
+            values.reshape(-1)[j] -= 2 * eps
+            assign(values)
             down = objective()
-            flat[j] = keep
-            if source is None:
-                data.reshape(-1)[j] = keep
+            assign(base)
             numeric = (up - down) / (2 * eps)
             worst = max(worst, abs(numeric - float(grad.reshape(-1)[j])) / scale)
             checked += 1
