@@ -128,11 +128,11 @@ def test_rel_error():
 
 
 LOG = """\
-I1201 10:00:00.000000 1 solver.cpp:239] Iteration 0 (0 iter/s, 0.5s/2 iters), loss = 9.0
-I1201 10:00:01.000000 1 solver.cpp:239] Iteration 2 (2 iter/s, 1s/2 iters), loss = 8.5
-I1201 10:00:02.000000 1 solver.cpp:258]     Train net output #0: loss = 8.4
+I20261201 10:00:00.000000 1 solver.cpp:239] Iteration 0 (0 iter/s, 0.5s/2 iters), loss = 9.0
+I20261201 10:00:01.000000 1 solver.cpp:239] Iteration 2 (2 iter/s, 1s/2 iters), loss = 8.5
+I20261201 10:00:02.000000 1 solver.cpp:258]     Train net output #0: loss = 8.4
 I1201 10:00:03.000000 1 solver.cpp:239] Iteration 4 (1 iter/s, 2s/2 iters), loss = 8.0
-I1201 10:00:05.000000 1 solver.cpp:239] Iteration 6 (1 iter/s, 2s/2 iters), loss = 7.5
+I20261201 10:00:05.000000 1 solver.cpp:239] Iteration 6 (1 iter/s, 2s/2 iters), loss = 7.5
 """
 
 

@@ -253,7 +253,7 @@ def images_per_second(log: str | Path, batch: int, skip: int = 5) -> float | Non
     "Iteration N" lines with a loss (start-up excluded)."""
     import re
 
-    pat = re.compile(r"^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) .*\] Iteration (\d+).*loss = ")
+    pat = re.compile(r"^I(?:\d{4}|\d{8}) (\d\d):(\d\d):(\d\d\.\d+) .*\] Iteration (\d+).*loss = ")
     points = []
     for line in Path(log).read_text(errors="replace").splitlines():
         if m := pat.match(line.strip()):
