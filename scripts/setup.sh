@@ -453,7 +453,7 @@ step_nccl() {
 
 # verify_fatbin LIB: LIB's device code holds a cubin for every CUDA_ARCH_BIN and PTX for every
 # CUDA_ARCH_PTX, readable by this toolkit's cuobjdump (a mixed toolchain's is not) and compiled
-# by CUDA $CUDA_TOOLKIT_VERSION (the PTX names its compiler). Prints the summary.
+# by CUDA $CUDA_TOOLKIT_VERSION (the PTX's ISA version is that release's). Prints the summary.
 verify_fatbin() {
   local lib=$1 elf ptx a missing="" release
   if ! elf=$(PATH=$PATH_FOR_CUDA cuobjdump --list-elf "$lib" 2>&1); then
@@ -465,9 +465,11 @@ verify_fatbin() {
   for a in $CUDA_ARCH_BIN; do grep -q "\.sm_$a\.cubin" <<<"$elf" || missing+=" sm_$a cubin"; done
   for a in $CUDA_ARCH_PTX; do grep -q "\.sm_$a\.ptx" <<<"$ptx" || missing+=" compute_$a PTX"; done
   [ -z "$missing" ] || { echo "$lib lacks:$missing"; return 1; }
-  release=$(PATH=$PATH_FOR_CUDA cuobjdump --dump-ptx "$lib" | grep -m 1 -o 'Cuda compilation tools, release [0-9.]*' || true)
-  [ "$release" = "Cuda compilation tools, release $CUDA_TOOLKIT_VERSION" ] ||
-    { echo "$lib: PTX made by '${release:-unknown}', expected CUDA $CUDA_TOOLKIT_VERSION"; return 1; }
+  # The PTX ISA version names the compiler's release (CUDA 11.8 writes ISA 7.8).
+  release=$(PATH=$PATH_FOR_CUDA cuobjdump --dump-ptx "$lib" | grep -m 1 -o '^\.version [0-9.]*' | cut -d' ' -f2 || true)
+  [ "$release" = "$CUDA_PTX_ISA" ] ||
+    { echo "$lib: PTX ISA '${release:-unknown}', expected $CUDA_PTX_ISA (CUDA $CUDA_TOOLKIT_VERSION)"; return 1; }
+  release="PTX ISA $release (CUDA $CUDA_TOOLKIT_VERSION)"
   local a_count p_count
   a_count=$(grep -c '\.cubin' <<<"$elf"); p_count=$(grep -c '\.ptx' <<<"$ptx")
   echo "fat binary: $a_count cubins ($(grep -o 'sm_[0-9]*' <<<"$elf" | sort -u | tr '\n' ' '| sed 's/ $//')), $p_count PTX ($(grep -o 'sm_[0-9]*' <<<"$ptx" | sort -u | tr '\n' ' ' | sed 's/ $//')); $release"
