@@ -200,6 +200,12 @@ def _train(args, solver: Path, cwd: Path, info, prefix: Path, paths: dict | None
     if weights is None and snapshot is None and paths is not None:
         weights = Path(paths["solver"]).parent / "init.caffemodel"
         init_weights(paths["deploy"], weights, seed=args.seed, source=args.source)
+        if args.source is not None:   # an imported (BatchNorm-folded) model: un-fold it
+            from rmnet.train.run import train_images
+            from rmnet.train.unfold import unfold_if_imported
+            unfold_if_imported(paths["deploy"], weights, args.source,
+                               lambda: train_images(args.data), seed=args.seed,
+                               log=lambda m: print(f"train: {m}"))
     if weights is not None:
         check_weights_fit(info.train_net, weights, phase="TRAIN")
     if snapshot is not None:

@@ -223,3 +223,22 @@ def unfold_batchnorm(deploy: str | os.PathLike, weights: str | os.PathLike,
 
 def _l2n(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+
+
+def unfold_if_imported(deploy: str | os.PathLike, weights: str | os.PathLike,
+                       source: str | os.PathLike, image_paths: Callable[[], list[str]],
+                       log: Callable[[str], None] = print, batch_size: int = 32,
+                       batches: int = 10, seed: int = 0) -> UnfoldReport | None:
+    """For ``tools/train.py --from``: when ``source`` has identity BatchNorm throughout (a model
+    imported from OpenVINO without ``--train``), un-fold ``weights`` (the initial caffemodel
+    the source was copied into) in place on the training images. None when nothing to do."""
+    if not has_identity_batchnorm(source, deploy):
+        return None
+    log(f"{source}: every BatchNorm is the identity (an imported model): estimating BatchNorm "
+        f"statistics on the training images and un-folding, so that TRAIN-phase batch "
+        f"statistics do not move its descriptors")
+    report = unfold_batchnorm(deploy, weights, image_paths(), weights, batch_size=batch_size,
+                              batches=batches, seed=seed)
+    for line in report.lines():
+        log(line)
+    return report
