@@ -249,3 +249,25 @@ def test_unfold_keeps_descriptors_on_decoded_images(work, light, synthetic_data)
     assert after.mean() >= 0.99 and after.min() >= 0.98
     test_after = descriptors(LIGHT, out, blob)
     assert np.abs(l2n(test_after) - l2n(ref)).max() < 1e-5
+
+
+def test_eval_market_on_an_imported_model(work, light, synthetic_data):
+    """tools/eval_market.py scores an imported model; pycaffe and OpenVINO agree."""
+    import json
+
+    from rmnet.cli.eval_market import main as eval_main
+
+    xml = write_old_ir(light["graph"], work / "eval.xml")
+    model = work / "eval.caffemodel"
+    import_ir(xml, model)
+    results = {}
+    for runtime in ("pycaffe", "openvino"):
+        out = work / f"eval_{runtime}.json"
+        assert eval_main(["--prototxt", str(LIGHT), "--weights", str(model), "--data",
+                          str(synthetic_data), "--runtime", runtime, "--no-progress",
+                          "--json", str(out)]) == 0
+        results[runtime] = json.loads(out.read_text())
+    a, b = results["pycaffe"], results["openvino"]
+    assert a["num_valid_queries"] == b["num_valid_queries"] > 0
+    assert abs(a["mAP"] - b["mAP"]) < 1e-3
+    assert a["cmc"]["1"] == pytest.approx(b["cmc"]["1"], abs=1e-9)
