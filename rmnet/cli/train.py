@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="dataset folder (any format of rmnet.data.datasets); repeat it or "
                           "separate by commas to train on several sets at once")
     src.add_argument("--solver", type=Path, help="an existing solver (e.g. solvers/market.prototxt)")
+    src.add_argument("--pretrain", type=Path, metavar="DIR",
+                     help="pre-train the variant's backbone on a classification folder "
+                          "DIR/<class>/*.jpg (paper V.ii); --from the result in a re-id run")
+    ap.add_argument("--size", default="224x224",
+                    help="with --pretrain: input HxW (default: %(default)s)")
     ap.add_argument("--variant", default="light", help="with --data (default: %(default)s)")
     ap.add_argument("--run-dir", type=Path, help="with --data (default: runs/<variant>)")
     ap.add_argument("--iters", type=int, help="with --data: scale the schedule to N iterations")
@@ -106,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         given += ["--variant"] if args.variant != "light" else []
         if given:
             ap.error(f"{', '.join(given)} apply with --data (a --solver is used as it is)")
+    if args.pretrain is not None:
+        return pretrain_main(ap, args)
+    if args.size != "224x224":
+        ap.error("--size applies with --pretrain")
     # Caffe runs in another folder than this shell (the repo root with --solver): resolve now.
     for name in ("weights", "snapshot", "source"):
         if getattr(args, name) is not None:
@@ -219,6 +228,30 @@ def _train(args, solver: Path, cwd: Path, info, prefix: Path, paths: dict | None
                     snapshot=str(snapshot) if snapshot else None, cwd=cwd,
                     max_iter=info.max_iter, append=snapshot is not None)
     print(f"train: done; snapshots: {info.snapshot_prefix}_iter_*.caffemodel")
+    return 0
+
+
+def pretrain_main(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--pretrain DIR: rmnet.train.pretrain.run_pretrain with this command line's options."""
+    from rmnet.generator import ConfigError, GenerationError, InputSizeError
+    from rmnet.data.market import DatasetError
+    from rmnet.train.pretrain import run_pretrain
+
+    for name in ("weights", "source", "snapshot"):
+        if getattr(args, name) is not None:
+            ap.error(f"--{'from' if name == 'source' else name} does not apply with --pretrain")
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        ap.error(f"--size must be HxW, e.g. 224x224, got {args.size!r}")
+    run_dir = (args.run_dir or REPO / "runs" / f"pretrain_{args.variant}").resolve()
+    try:
+        run_pretrain(args.pretrain, run_dir, args.variant, iters=args.iters or 20000,
+                     size=(h, w), batch_size=args.batch_size or 32, seed=args.seed,
+                     log=lambda m: print(f"train: {m}"))
+    except (TrainingError, DatasetError, ConfigError, GenerationError, InputSizeError) as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
