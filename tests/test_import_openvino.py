@@ -80,6 +80,8 @@ def test_old_ir_round_trip(work, light, version, precision, elu_style):
     kinds = [op.kind for op in ir.ops]
     assert kinds.count("conv") == 114 and kinds.count("sum") == 36
     assert kinds.count("elu") == 109 and kinds.count("globalmaxpool") == 1
+    # the published graph with BatchNorm folded (and the input normalisation): 819,766 values
+    assert ir.parameter_count == 819_766   # the calibration folds into head/embedding too
     out = work / f"imported_v{version}.caffemodel"
     report = import_ir(xml, out, seed=1)
     assert report.ok and report.variant == "light" and report.convolutions == 114

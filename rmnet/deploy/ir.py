@@ -93,13 +93,20 @@ class IRGraph:
     def where(self, op: IROp) -> str:
         return f"{self.path}: layer {op.name!r} (type {op.ir_type})"
 
+    @property
+    def parameter_count(self) -> int:
+        """Weights and biases of the convolutions and scale/shifts (Intel's 0079: 819,766)."""
+        return sum(int(a.size) for op in self.ops for a in (op.weight, op.bias)
+                   if a is not None)
+
     def summary(self) -> str:
         counts: dict[str, int] = {}
         for op in self.ops:
             counts[op.kind] = counts.get(op.kind, 0) + 1
         h, w = self.input_hw
         return (f"{self.path.name}: IR v{self.version}, {self.precision} weights, input "
-                f"{h}x{w}, " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+                f"{h}x{w}, {self.parameter_count:,} parameters; "
+                + ", ".join(f"{n} {k}" for k, n in counts.items()))
 
 
 def ir_version(xml_path: str | os.PathLike) -> int:
