@@ -77,6 +77,8 @@ def test_old_ir_round_trip(work, light, version, precision, elu_style):
                        precision=precision, elu_style=elu_style, seed=version)
     ir = read_ir(xml)
     assert (ir.version, ir.precision, ir.input_hw) == (version, precision, (160, 64))
+    # the published 0079 FP32 .bin is 3,279,064 bytes: 819,766 float32 values
+    assert xml.with_suffix(".bin").stat().st_size == 819_766 * (4 if precision == "FP32" else 2)
     kinds = [op.kind for op in ir.ops]
     assert kinds.count("conv") == 114 and kinds.count("sum") == 36
     assert kinds.count("elu") == 109 and kinds.count("globalmaxpool") == 1
