@@ -247,7 +247,7 @@ def pretrain_main(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     run_dir = (args.run_dir or REPO / "runs" / f"pretrain_{args.variant}").resolve()
     try:
         run_pretrain(args.pretrain, run_dir, args.variant, iters=args.iters or 20000,
-                     size=(h, w), batch_size=args.batch_size or 32, seed=args.seed,
+                     size=(h, w), batch_size=args.batch_size or 16, seed=args.seed,
                      log=lambda m: print(f"train: {m}"))
     except (TrainingError, DatasetError, ConfigError, GenerationError, InputSizeError) as e:
         print(f"train: {e}", file=sys.stderr)

@@ -269,6 +269,9 @@ def read_old_ir(xml_path: str | os.PathLike) -> IRGraph:
                 raise IRError(f"{what}: no weights blob")
             if op.bias is None:
                 op.bias = np.zeros_like(op.weight)
+            if c is not None:   # a single value applies to every channel
+                op.weight = op.weight if op.weight.size != 1 else np.full(c, op.weight[0])
+                op.bias = op.bias if op.bias.size != 1 else np.full(c, op.bias[0])
             if c is not None and (op.weight.size != c or op.bias.size != c):
                 raise IRError(f"{what}: {op.weight.size} weights / {op.bias.size} biases for "
                               f"{c} channels")
