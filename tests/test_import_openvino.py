@@ -131,6 +131,18 @@ def test_v11_round_trip_through_the_exporter(work, light):
 
     ov_out, _ = ir_reference(ir, blob)
     assert np.abs(l2n(forward(ir, blob)) - l2n(ov_out)).max() < 1e-5
+    # FP16 v11 (Constant f16 -> Convert): the weights come back float16-rounded
+    import openvino as ov
+
+    xml16 = work / "fp16" / "light16.xml"
+    ov.save_model(ov.Core().read_model(str(xml)), str(xml16), compress_to_fp16=True)
+    ir16 = read_ir(xml16)
+    assert ir16.precision == "FP16" and ir16.parameter_count == 819_766
+    report = import_ir(xml16, work / "imported_v11_fp16.caffemodel")
+    assert report.ok
+    got16 = folded_values(LIGHT, work / "imported_v11_fp16.caffemodel")
+    w = orig["stem/conv"][0]
+    np.testing.assert_allclose(got16["stem/conv"][0], w.astype(np.float16), rtol=1e-6, atol=1e-7)
 
 
 def test_strong_size_picks_the_strong_net(work, caffe):
