@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.deploy.export import AffineRecord, ConvRecord, Graph
+from rmnet.deploy.graph import AffineRecord, ConvRecord, Graph
 
 
 def write_old_ir(g: Graph, xml_path: str | Path, version: int = 7, precision: str = "FP32",

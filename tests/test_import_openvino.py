@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmnet.deploy.export import AffineRecord, ConvRecord, export, load_graph, random_caffemodel
+from rmnet.deploy.export import export, random_caffemodel
+from rmnet.deploy.graph import AffineRecord, ConvRecord, load_graph
 from rmnet.deploy.ir import IRError, forward, read_ir
 from rmnet.deploy.ir_import import (IRImportError, decoded_images, identity_variance,
                                     import_ir, l2n)
@@ -56,7 +57,7 @@ def folded_values(prototxt, weights) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def descriptors(prototxt, weights, blob) -> np.ndarray:
-    from rmnet.deploy.embedder import PycaffeBackend
+    from rmnet.deploy.backends import PycaffeBackend
 
     return PycaffeBackend(prototxt, weights).infer(blob)
 
@@ -165,7 +166,7 @@ def test_mismatched_graphs_are_refused_naming_the_layer(work, light, caffe):
                                             r"\(2, 2\) in the net"):
         import_ir(xml, work / "x.caffemodel")
     # one block fewer in stage 1: the graph runs out where the net has bottleneck1_3
-    from generator import render
+    from rmnet.generator import render
 
     stages = [{"channels": 32, "downsample": False, "blocks": 3},
               {"channels": 64, "downsample": True, "blocks": 8},

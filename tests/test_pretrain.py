@@ -52,7 +52,7 @@ def test_class_folder_errors(tmp_path):
 
 
 def test_batch_plan_is_seeded_and_covers_every_image():
-    from layers.classify import BatchPlan, ClassDataConfig
+    from rmnet.layers.classify import BatchPlan, ClassDataConfig
 
     cfg = ClassDataConfig(root="x", batch_size=5, seed=3)
     a, b = BatchPlan(12, cfg, train=True), BatchPlan(12, cfg, train=True)
@@ -70,8 +70,8 @@ def test_batch_plan_is_seeded_and_covers_every_image():
 
 
 def test_pretrain_net_shares_the_backbone_with_the_reid_nets(classes, caffe):
-    from generator import render
-    from generator.pretrain import render_pretrain
+    from rmnet.generator import render
+    from rmnet.generator.pretrain import render_pretrain
 
     pre = render_pretrain("light", num_classes=4, root=classes, height=224, width=224)
     deploy = render("light", "deploy")
@@ -86,7 +86,7 @@ def test_pretrain_net_shares_the_backbone_with_the_reid_nets(classes, caffe):
     assert ip.inner_product_param.num_output == 4
     assert not any(layer.type in ("Dropout",) for layer in pre.net.layer)
     assert pre.plan.final_size == (14, 14)            # 224 / 16
-    from generator import InputSizeError
+    from rmnet.generator import InputSizeError
 
     with pytest.raises(InputSizeError):
         render_pretrain("light", num_classes=4, root=classes, height=100, width=100)
@@ -95,7 +95,7 @@ def test_pretrain_net_shares_the_backbone_with_the_reid_nets(classes, caffe):
 def test_pretraining_learns_and_transfers_into_every_variant(classes, tmp_path, caffe, capsys):
     """A short real run at 64x64: the softmax loss falls; the final caffemodel's backbone
     copies by name into every re-id variant (light: every layer but the head's)."""
-    from generator import list_variants, render
+    from rmnet.generator import list_variants, render
     from rmnet.cli.train import main
     from rmnet.train.log import read_caffe_log
     from rmnet.train.pretrain import transfer_preview
@@ -111,7 +111,8 @@ def test_pretraining_learns_and_transfers_into_every_variant(classes, tmp_path, 
     assert np.mean(losses[-6:]) < np.mean(losses[:6]) - 0.15
     model = run / "snapshots" / "pretrain_iter_24.caffemodel"
     for variant in list_variants():
-        deploy = REPO / "prototxt" / variant / "deploy.prototxt"
+        deploy = tmp_path / f"{variant}.prototxt"
+        deploy.write_text(render(variant, "deploy").text)
         rep = transfer_preview(model, deploy)
         head = sorted(n for n in rep.missing_in_source)
         assert not rep.shape_mismatch, variant

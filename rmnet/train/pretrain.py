@@ -5,7 +5,7 @@
 ``run_pretrain`` renders the net and solver (``rmnet.generator.pretrain``) into the run folder,
 writes the initial weights (the re-id init: orthogonal squeezing 1x1 convolutions, MSRA for the
 others, identity BatchNorm), runs Caffe with progress, and reports how the final model would
-transfer into the chosen re-id variant's deploy net.
+transfer into the chosen re-id variant's deploy net (rendered into the run folder).
 """
 from __future__ import annotations
 
@@ -42,9 +42,10 @@ def run_pretrain(data: Path, run_dir: Path, variant: str = "light", iters: int =
                  base_lr: float | None = None,
                  log: Callable[[str], None] = print) -> PretrainResult:
     """Pre-train ``variant``'s backbone on the classification folder ``data``."""
-    from rmnet.generator.pretrain import write_pretrain_run
+    from rmnet.atomic import atomic_write_text as write_atomic
     from rmnet.data.classes import load_class_folder
-    from rmnet.paths import REPO
+    from rmnet.generator import render
+    from rmnet.generator.pretrain import write_pretrain_run
 
     folder = load_class_folder(data)
     log(folder.summary())
@@ -60,7 +61,8 @@ def run_pretrain(data: Path, run_dir: Path, variant: str = "light", iters: int =
     model = final_snapshot(paths["snapshots"] / "pretrain", iters)
     if not model.is_file():
         raise TrainingError(f"pre-training ended without its final snapshot {model}")
-    deploy = REPO / "prototxt" / variant / "deploy.prototxt"
+    deploy = Path(run_dir).resolve() / f"{variant}_deploy.prototxt"
+    write_atomic(deploy, render(variant, "deploy").text)
     report = transfer_preview(model, deploy)
     log(f"backbone: {model}; into {deploy} by name: {report.summary()}")
     return PretrainResult(model, log_path, folder.num_classes, report)
