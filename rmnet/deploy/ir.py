@@ -439,8 +439,8 @@ def read_new_ir(xml_path: str | os.PathLike) -> IRGraph:
                     full[1] not in (1, channels):
                 raise IRError(f"{what}: constant of shape {c.shape} is not per-channel")
             c = np.broadcast_to(c.reshape(-1), (channels,)).astype(np.float32)
-            foldable = n_users(src) == 1 and prev.kind in ("conv", "scaleshift") and \
-                idx == len(ops) - 1
+            # the only reader of a convolution or scale/shift: fold into it (exact)
+            foldable = n_users(src) == 1 and prev.kind in ("conv", "scaleshift")
             if foldable and t == "Add":
                 prev.bias = prev.bias + c
                 value[(node.get_instance_id(), 0)] = ("op", idx)
