@@ -288,3 +288,11 @@ def test_eval_market_on_an_imported_model(work, light, synthetic_data):
     assert a["num_valid_queries"] == b["num_valid_queries"] > 0
     assert abs(a["mAP"] - b["mAP"]) < 1e-3
     assert a["cmc"]["1"] == pytest.approx(b["cmc"]["1"], abs=1e-9)
+
+
+def test_cli_refuses_an_output_folder_before_work(work, tmp_path, capsys):
+    from rmnet.cli.import_openvino import main
+
+    (tmp_path / "dir.caffemodel").mkdir()
+    assert main([str(work / "whatever.xml"), "-o", str(tmp_path / "dir.caffemodel")]) == 2
+    assert "is a folder, a file is wanted here" in capsys.readouterr().err

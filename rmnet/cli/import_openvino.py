@@ -39,6 +39,8 @@ from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
+from rmnet.atomic import check_output  # noqa: E402
+from rmnet.cli.errors import command  # noqa: E402
 from rmnet.deploy.ir_import import (CHECK_IMAGES, DEFAULT_TOLERANCE,  # noqa: E402
                                     IRImportCheckError, IRImportError, import_ir)
 
@@ -61,6 +63,7 @@ def image_list(root: Path) -> list[str]:
     return files
 
 
+@command('import_openvino')
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--data applies with --train")
     if args.batch_size < 2 or args.batches < 1 or args.check_images < 1:
         ap.error("--batch-size must be >= 2, --batches and --check-images >= 1")
+    check_output(args.out, "-o")
     for p in [args.xml] + ([args.prototxt] if args.prototxt else []):
         if not p.is_file():
             print(f"error: {p}: no such file", file=sys.stderr)

@@ -240,6 +240,8 @@ def pretrain_main(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for name in ("weights", "source", "snapshot"):
         if getattr(args, name) is not None:
             ap.error(f"--{'from' if name == 'source' else name} does not apply with --pretrain")
+    if args.resume:
+        ap.error("--resume does not apply with --pretrain (start it again with more --iters)")
     try:
         h, w = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
