@@ -210,10 +210,9 @@ def _train(args, solver: Path, cwd: Path, info, prefix: Path, paths: dict | None
         weights = Path(paths["solver"]).parent / "init.caffemodel"
         init_weights(paths["deploy"], weights, seed=args.seed, source=args.source)
         if args.source is not None:   # an imported (BatchNorm-folded) model: un-fold it
-            from rmnet.train.run import train_images
             from rmnet.train.unfold import unfold_if_imported
             unfold_if_imported(paths["deploy"], weights, args.source,
-                               lambda: train_images(args.data), seed=args.seed,
+                               lambda: imported_start_images(args), seed=args.seed,
                                log=lambda m: print(f"train: {m}"))
     if weights is not None:
         check_weights_fit(info.train_net, weights, phase="TRAIN")
@@ -229,6 +228,16 @@ def _train(args, solver: Path, cwd: Path, info, prefix: Path, paths: dict | None
                     max_iter=info.max_iter, append=snapshot is not None)
     print(f"train: done; snapshots: {info.snapshot_prefix}_iter_*.caffemodel")
     return 0
+
+
+def imported_start_images(args: argparse.Namespace) -> list[str]:
+    """The training images of every --data folder (in its --format), for the BatchNorm
+    un-fold of an imported --from model."""
+    from rmnet.train.run import train_images
+
+    roots = list(args.data)
+    formats = args.formats if isinstance(args.formats, list) else [args.formats] * len(roots)
+    return [p for root, fmt in zip(roots, formats) for p in train_images(root, fmt)]
 
 
 def pretrain_main(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
