@@ -731,6 +731,10 @@ def test_every_python_layer_of_every_net_is_in_the_registry():
             for layer in render(name, phase).net.layer:
                 if layer.type == "Python":
                     seen.add((layer.python_param.module, layer.python_param.layer))
+    from rmnet.generator.pretrain import render_pretrain
+    seen |= {(layer.python_param.module, layer.python_param.layer)
+             for layer in render_pretrain(num_classes=2, root="classes").net.layer
+             if layer.type == "Python"}
     # every registered layer is used by some net, and each registered module really has it
     assert seen == set(PARAM_CONFIGS)
     for module, cls in PARAM_CONFIGS:

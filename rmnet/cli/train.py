@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="dataset folder (any format of rmnet.data.datasets); repeat it or "
                           "separate by commas to train on several sets at once")
     src.add_argument("--solver", type=Path, help="an existing solver (e.g. solvers/market.prototxt)")
+    src.add_argument("--pretrain", type=Path, metavar="DIR",
+                     help="pre-train the variant's backbone on a classification folder "
+                          "DIR/<class>/*.jpg (paper V.ii); --from the result in a re-id run")
+    ap.add_argument("--size", default="224x224",
+                    help="with --pretrain: input HxW (default: %(default)s)")
     ap.add_argument("--variant", default="light", help="with --data (default: %(default)s)")
     ap.add_argument("--run-dir", type=Path, help="with --data (default: runs/<variant>)")
     ap.add_argument("--iters", type=int, help="with --data: scale the schedule to N iterations")
@@ -129,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         given += ["--variant"] if args.variant != "light" else []
         if given:
             ap.error(f"{', '.join(given)} apply with --data (a --solver is used as it is)")
+    if args.pretrain is not None:
+        return pretrain_main(ap, args)
+    if args.size != "224x224":
+        ap.error("--size applies with --pretrain")
     # Caffe runs in another folder than this shell (the repo root with --solver): resolve now.
     for name in ("weights", "snapshot", "source"):
         if getattr(args, name) is not None:
@@ -231,6 +240,11 @@ def _train(args, solver: Path, cwd: Path, info, prefix: Path, paths: dict | None
     if weights is None and snapshot is None and paths is not None:
         weights = Path(paths["solver"]).parent / "init.caffemodel"
         init_weights(paths["deploy"], weights, seed=args.seed, source=args.source)
+        if args.source is not None:   # an imported (BatchNorm-folded) model: un-fold it
+            from rmnet.train.unfold import unfold_if_imported
+            unfold_if_imported(paths["deploy"], weights, args.source,
+                               lambda: imported_start_images(args), seed=args.seed,
+                               log=lambda m: print(f"train: {m}"))
     if weights is not None:
         check_weights_fit(info.train_net, weights, phase="TRAIN")
     if snapshot is not None:
@@ -255,6 +269,42 @@ def _train(args, solver: Path, cwd: Path, info, prefix: Path, paths: dict | None
                         max_iter=info.max_iter, append=snapshot is not None,
                         gpu=gpus[0] if gpus else None)
     print(f"train: done; snapshots: {info.snapshot_prefix}_iter_*.caffemodel")
+    return 0
+
+
+def imported_start_images(args: argparse.Namespace) -> list[str]:
+    """The training images of every --data folder (in its --format), for the BatchNorm
+    un-fold of an imported --from model."""
+    from rmnet.train.run import train_images
+
+    roots = list(args.data)
+    formats = args.formats if isinstance(args.formats, list) else [args.formats] * len(roots)
+    return [p for root, fmt in zip(roots, formats) for p in train_images(root, fmt)]
+
+
+def pretrain_main(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--pretrain DIR: rmnet.train.pretrain.run_pretrain with this command line's options."""
+    from rmnet.generator import ConfigError, GenerationError, InputSizeError
+    from rmnet.data.market import DatasetError
+    from rmnet.train.pretrain import run_pretrain
+
+    for name in ("weights", "source", "snapshot"):
+        if getattr(args, name) is not None:
+            ap.error(f"--{'from' if name == 'source' else name} does not apply with --pretrain")
+    if args.resume:
+        ap.error("--resume does not apply with --pretrain (start it again with more --iters)")
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        ap.error(f"--size must be HxW, e.g. 224x224, got {args.size!r}")
+    run_dir = (args.run_dir or REPO / "runs" / f"pretrain_{args.variant}").resolve()
+    try:
+        run_pretrain(args.pretrain, run_dir, args.variant, iters=args.iters or 20000,
+                     size=(h, w), batch_size=args.batch_size or 16, seed=args.seed,
+                     log=lambda m: print(f"train: {m}"))
+    except (TrainingError, DatasetError, ConfigError, GenerationError, InputSizeError) as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

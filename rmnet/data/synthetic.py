@@ -35,6 +35,7 @@ non-empty ``out`` is refused unless ``overwrite`` (``--force``). A ``synthetic.j
 records the arguments and the counts.
 
     python -m rmnet.data.synthetic --out data/synthetic --train-ids 48 --test-ids 48 --seed 0
+    python -m rmnet.data.synthetic --out data/classes --classes --train-ids 20   # DIR/<class>/
 """
 from __future__ import annotations
 
@@ -548,6 +549,27 @@ def generate(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(),
                    time.perf_counter() - t0)
 
 
+def generate_classes(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(),
+                     overwrite: bool = False) -> Summary:
+    """An image-classification folder for backbone pre-training (``rmnet.data.classes``):
+    ``out/<pid>/<name>.jpg``, one class per train identity of ``cfg`` with its
+    ``images_per_id`` images (the test split is not drawn). Written atomically."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    plan = make_plan(cfg)
+    items = [it for it in plan.items if it.split == "train"]
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for pid in plan.train_pids:
+            (tmp / f"{pid:04d}").mkdir()
+        for item in items:
+            (tmp / f"{item.pid:04d}" / item.name).write_bytes(encode_item(plan, item))
+        meta = {"generator": "rmnet.data.synthetic", "version": VERSION, "layout": "classes",
+                "config": asdict(cfg), "classes": len(plan.train_pids), "images": len(items)}
+        (tmp / "synthetic.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return Summary(out, {"train": len(items), "query": 0, "gallery": 0}, cfg.train_ids, 0, 0,
+                   0, time.perf_counter() - t0)
+
+
 def main(argv: list[str] | None = None) -> int:
     d = SyntheticConfig()
     ap = argparse.ArgumentParser(
@@ -568,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=d.width)
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    ap.add_argument("--classes", action="store_true",
+                    help="write an image-classification folder instead (OUT/<class>/*.jpg, "
+                         "one class per train id), for tools/train.py --pretrain")
     a = ap.parse_args(argv)
     try:
         cfg = SyntheticConfig(train_ids=a.train_ids, test_ids=a.test_ids,
@@ -575,6 +600,11 @@ def main(argv: list[str] | None = None) -> int:
                               junk=a.junk, distractors=a.distractors, cameras=a.cameras,
                               height=a.height, width=a.width, seed=a.seed)
         check_output(a.out, "--out", folder=True)
+        if a.classes:
+            summary = generate_classes(a.out, cfg, overwrite=a.force)
+            print(f"wrote {summary.out}: {summary.train_ids} class folders, "
+                  f"{summary.counts['train']} images; {summary.seconds:.1f} s")
+            return 0
         summary = generate(a.out, cfg, overwrite=a.force)
     except (ValueError, FileExistsError) as e:      # OutputError is a ValueError
         print(f"rmnet.data.synthetic: {e}", file=sys.stderr)

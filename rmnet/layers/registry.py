@@ -7,6 +7,7 @@ of aborting Caffe later. A Python layer that is not in the table is not this pro
 """
 from __future__ import annotations
 
+from rmnet.layers.classify import ClassDataConfig
 from rmnet.layers.config import AMSoftmaxConfig, LocalStructureConfig
 from rmnet.layers.data import DataConfig, FeedbackConfig
 from rmnet.layers.dropout import ScheduledDropoutConfig
@@ -17,6 +18,7 @@ PARAM_CONFIGS: dict[tuple[str, str], type] = {
     ("rmnet.layers.losses", "AMSoftmaxLossLayer"): AMSoftmaxConfig,
     ("rmnet.layers.losses", "LocalStructureLossLayer"): LocalStructureConfig,
     ("rmnet.layers.dropout", "ScheduledDropoutLayer"): ScheduledDropoutConfig,
+    ("rmnet.layers.classify", "ClassificationDataLayer"): ClassDataConfig,
 }
 
 

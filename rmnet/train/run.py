@@ -144,24 +144,34 @@ def calibrate_batchnorm(deploy: str | os.PathLike, weights: str | os.PathLike,
     network, measured fairly."""
     caffe = import_caffe()
 
-    from rmnet.data.images import load_blob
-
     net = caffe.Net(str(deploy), caffe.TRAIN, weights=str(weights))
     for layer in net.layers:
         if layer.type == "BatchNorm":
             for blob in layer.blobs:
                 blob.data[...] = 0
     _, _, h, w = net.blobs["data"].data.shape
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(image_paths))
-    for i in range(batches):
-        pick = [image_paths[j] for j in order[(i * batch_size) % len(order):][:batch_size]]
-        blob = load_blob(pick, h, w)
+    for blob in image_batches(image_paths, h, w, batch_size, batches, seed):
         net.blobs["data"].reshape(*blob.shape)
         net.blobs["data"].data[...] = blob
         net.forward()
     with atomic_path(out) as tmp:
         net.save(str(tmp))
+
+
+def image_batches(image_paths: list[str], height: int, width: int, batch_size: int = 32,
+                  batches: int = 10, seed: int = 0):
+    """``batches`` float32 (N <= batch_size, 3, height, width) raw BGR batches: consecutive
+    slices of a seeded permutation of the images, wrapping around (a slice that reaches the
+    end is shorter). The images BatchNorm statistics are estimated on
+    (``calibrate_batchnorm``, ``rmnet.train.unfold``)."""
+    from rmnet.data.images import load_blob
+
+    if not image_paths:
+        raise TrainingError("no images to estimate BatchNorm statistics on")
+    order = np.random.default_rng(seed).permutation(len(image_paths))
+    for i in range(batches):
+        idx = order[(i * batch_size) % len(order):][:batch_size]
+        yield load_blob([image_paths[j] for j in idx], height, width)
 
 
 # --- a run folder for a dataset -------------------------------------------------------------
