@@ -191,11 +191,11 @@ def test_auto_gallery_grows_from_flat_to_ivf(tmp_path, monkeypatch):
 
 def test_approximate_recall_on_structured_descriptors():
     """IVF-SQ8 on 20,000 structured 256-d descriptors (10 images an identity), 200 new images of
-    gallery identities as queries, against exact search. Scanning 64 of 256 cells (a quarter of
-    the gallery) measured recall@10 0.99 on this set; the bound 0.9 leaves room for another
-    FAISS build's k-means while a broken index (wrong ids, metric or normalisation) scores
-    near 0. Recall grows with the cells scanned, and scanning them all leaves only the 8-bit
-    quantisation's loss."""
+    gallery identities as queries, against exact search. Recall grows with the cells scanned,
+    and scanning them all leaves only the 8-bit quantisation's loss."""
+    # Thresholds: scanning 64 of 256 cells (a quarter of the gallery) gives 0.97, and all of
+    # them 0.98, with FAISS 1.12.0 on this seeded set; 0.9 and 0.95 leave room for another
+    # build's k-means, while a broken index (wrong ids, metric or normalisation) scores near 0.
     data = SyntheticDescriptors(20_000, chunk=10_000, seed=5)
     x, q = data.all(), data.queries(200, stream=3)
     gt, _ = exact_topk(q, data.chunks, 10)
@@ -207,7 +207,7 @@ def test_approximate_recall_on_structured_descriptors():
         recalls[nprobe] = recall_at(ids, gt, 10)
     assert recalls[4] < recalls[64] <= recalls[256]
     assert recalls[64] >= 0.9, recalls
-    assert recalls[256] >= 0.97, recalls
+    assert recalls[256] >= 0.95, recalls
     exact = ix.build_filled(ix.IndexSpec("flat"), x)
     ids, _ = ix.search(exact.index, q, 10)
     assert recall_at(ids, gt, 10) == 1.0

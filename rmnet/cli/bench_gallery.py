@@ -106,7 +106,8 @@ def measure(fn, eval_q: np.ndarray, gt: np.ndarray, repeats1: int, repeats64: in
 
 def run_size(n: int, args, kinds: list[ix.IndexSpec | None]) -> dict:
     data = SyntheticDescriptors(n, dim=args.dim, images_per_id=args.images_per_id,
-                                noise=args.noise, seed=args.seed)
+                                noise=args.noise, decay=args.decay, exponent=args.exponent,
+                                seed=args.seed)
     eval_q = data.queries(args.queries, stream=0)
     tune_q = data.queries(args.tune_queries, stream=1)
     t = time.perf_counter()
@@ -246,7 +247,10 @@ def parse_args(argv):
                          "choice), e.g. ivf-pq:m=64 or hnsw:m=32")
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--images-per-id", type=int, default=10)
-    ap.add_argument("--noise", type=float, default=1.0)
+    ap.add_argument("--noise", type=float, default=1.0, help="image noise / centre norm")
+    ap.add_argument("--decay", type=float, default=8.0,
+                    help="spectrum: std of dimension j ~ (1 + j / decay) ** -exponent")
+    ap.add_argument("--exponent", type=float, default=1.0, help="0: isotropic descriptors")
     ap.add_argument("--queries", type=int, default=1000, help="evaluation queries")
     ap.add_argument("--tune-queries", type=int, default=500, help="tuning queries (separate)")
     ap.add_argument("--target-recall", type=float, default=0.95)
@@ -277,8 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     load0 = os.getloadavg()
     results = [run_size(n, args, kinds) for n in args.sizes]
+    eff = SyntheticDescriptors(1000, dim=args.dim, decay=args.decay,
+                               exponent=args.exponent).effective_dim
     header = (f"gallery search benchmark: {args.dim}-d synthetic descriptors "
-              f"({args.images_per_id} images an identity, noise {args.noise}, seed {args.seed}), "
+              f"({args.images_per_id} images an identity, noise {args.noise}, spectrum decay "
+              f"{args.decay} exponent {args.exponent}: effective dimension {eff:.1f}, "
+              f"seed {args.seed}), "
               f"{args.queries} evaluation + {args.tune_queries} tuning queries, k={K}; "
               f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, "
               f"{os.cpu_count()} CPUs, load average {load0[0]:.1f} at start, "
