@@ -52,7 +52,8 @@ def test_auto_spec_by_size():
     assert ix.default_nlist(10 ** 6) == 1024 and ix.default_nlist(10 ** 5) == 512
     assert ix.default_nlist(1000) == 25 and ix.default_nlist(100) == 2
     spec = ix.resolve(ix.IndexSpec("ivf-pq"), 10 ** 6, 256)
-    assert (spec.nlist, spec.m, spec.nprobe) == (1024, 64, ix.default_nprobe(1024))
+    assert (spec.nlist, spec.m, spec.nprobe) == (1024, 64, 128)
+    assert ix.default_nprobe(4) == 4 and ix.default_nprobe(32) == 8
     assert ix.approx_spec(1000).kind == "ivf-sq8"   # --index approx on a small gallery
 
 
@@ -123,6 +124,17 @@ def test_round_trip_add_search_remove_save_load(tmp_path):
     assert g3.get([52])[0].path == "crop_0052.jpg"
     manifest = json.loads((folder / "MANIFEST.json").read_text())
     assert manifest["current"] == "v000002" and manifest["count"] == 53
+
+
+def test_empty_gallery_and_short_answers(tmp_path):
+    g = Gallery.create(tmp_path / "g", 16, MODEL_A)
+    assert g.search(feats(2), 5, model_sha256=MODEL_A) == [[], []]
+    g.save()
+    g = Gallery.load(tmp_path / "g")
+    assert len(g) == 0 and g.spec is None
+    g.add(feats(3), entries(3), model_sha256=MODEL_A)
+    hits = g.search(feats(1, seed=7), 10, model_sha256=MODEL_A)[0]
+    assert sorted(h.id for h in hits) == [0, 1, 2]      # k beyond the gallery: what there is
 
 
 def test_entries_from_market_names():
@@ -504,8 +516,9 @@ def test_cli_bad_input(work, market, weights, cli):
     code, _, err = run_main(cli, "build", "--prototxt", PROTOTXT, "--weights", a, "--images",
                             work / "no_images", "--out", work / "g2")
     assert code == 2 and "no such image folder" in err
-    code, _, err = run_main(cli, "build", "--prototxt", PROTOTXT, "--weights", work / "x.caffemodel",
-                            "--images", market / "query", "--out", work / "g3")
+    code, _, err = run_main(cli, "build", "--prototxt", PROTOTXT, "--weights",
+                            work / "x.caffemodel", "--images", market / "query", "--out",
+                            work / "g3")
     assert code == 2 and "x.caffemodel" in err
     code, _, err = run_main(cli, "build", "--prototxt", PROTOTXT, "--weights", a, "--images",
                             market / "query", "--out", work / "g4", "--index", "ivf-sq8:m=z")
