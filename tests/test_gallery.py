@@ -194,7 +194,9 @@ def test_auto_gallery_grows_from_flat_to_ivf(tmp_path, monkeypatch):
     ids, _ = g.search_ids(x, 1, model_sha256=MODEL_A)
     assert np.mean(ids[:, 0] == np.arange(3000)) > 0.99
     g.save()
-    assert Gallery.load(tmp_path / "g").spec == g.spec
+    loaded = Gallery.load(tmp_path / "g")
+    assert loaded.spec == g.spec and ix.faiss_module().extract_index_ivf(
+        loaded.index).nprobe == g.spec.nlist
     # an index asked for explicitly stays what was asked
     h = Gallery.create(tmp_path / "h", 32, MODEL_A, index="flat")
     h.add(x, entries(3000), model_sha256=MODEL_A)

@@ -243,6 +243,7 @@ class Gallery:
                 raise GalleryError(f"{vdir / INDEX_FILE}: not a FAISS index "
                                    f"({str(e).splitlines()[0]})") from None
             g.spec = spec
+            ix.set_search_params(g.index, spec)
             if g.index.d != g.dim:
                 raise GalleryError(f"{vdir / INDEX_FILE}: {g.index.d}-d index, the manifest "
                                    f"says {g.dim}-d")
