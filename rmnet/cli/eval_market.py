@@ -275,6 +275,11 @@ def parse_args(argv: list[str] | None):
     sc.add_argument("--k1", type=int, default=20)
     sc.add_argument("--k2", type=int, default=6)
     sc.add_argument("--lambda", dest="lambda_value", type=float, default=0.3)
+    sc.add_argument("--index", help="rank through a FAISS gallery index: exact, approx (the "
+                    "approximate index of large galleries) or a spec like "
+                    "ivf-sq8:nlist=256,nprobe=16 (rmnet/gallery/evaluate.py); cosine only")
+    sc.add_argument("--index-k", type=int, default=1000,
+                    help="entries retrieved a query with --index (default %(default)s)")
     sc.add_argument("--max-rank", type=int, default=20)
     sc.add_argument("--json", type=Path, help="write the results as JSON here")
     rl = ap.add_argument_group("ranked lists")
@@ -288,9 +293,11 @@ def parse_args(argv: list[str] | None):
                           or args.blob or args.runtime != "pycaffe"):
         ap.error("--features scores a features file: --prototxt, --weights, --cache, --flip, "
                  "--blob and --runtime only apply when extracting")
+    if args.index and (args.rerank or args.distance != "cosine"):
+        ap.error("--index ranks by cosine similarity: not with --rerank or --distance euclidean")
     if args.blob and args.runtime != "pycaffe":
         ap.error("--blob names a pycaffe blob: it needs --runtime pycaffe")
-    for opt in ("batch", "k1", "k2", "max_rank", "top_k", "num_queries"):
+    for opt in ("batch", "k1", "k2", "max_rank", "top_k", "num_queries", "index_k"):
         if getattr(args, opt) < 1:
             ap.error(f"--{opt.replace('_', '-')} must be >= 1")
     if args.max_aspect_change and args.max_aspect_change < 1:
@@ -310,9 +317,16 @@ def run(args) -> int:
     t = time.perf_counter()
     rerank = Rerank(args.k1, args.k2, args.lambda_value, args.rerank_convention) \
         if args.rerank else None
-    dist, res = score(q, g, args.distance, rerank, args.max_rank)
+    if args.index:
+        from rmnet.gallery.evaluate import index_score
+        dist, res, spec, k = index_score(q, g, args.index, args.index_k, args.max_rank)
+        log(f"ranked through a FAISS index {spec}, top {k} a query (the rest after them)")
+    else:
+        dist, res = score(q, g, args.distance, rerank, args.max_rank)
     t_score = time.perf_counter() - t
     rr = rerank.describe() if rerank else "no re-ranking"
+    if args.index:
+        rr += f", through a FAISS index ({args.index}, top {args.index_k})"
     camera_ids = bool(int(attrs.get("camera_ids", 1)))
     flip = attrs.get("flip")
     title = (f"{source}: {len(q)} queries x {len(g)} gallery, "
@@ -341,6 +355,8 @@ def run(args) -> int:
                          "camera_ids": camera_ids, "same_camera_exclusion": camera_ids,
                          "data_format": attrs.get("data_format"),
                          "flip": None if flip is None else bool(flip),
+                         "index": ({"mode": args.index, "k": args.index_k}
+                                   if args.index else None),
                          "feature_dim": int(q.features.shape[1]),
                          "num_query": len(q), "num_gallery": len(g)}
         out["roc"] = roc.to_json()

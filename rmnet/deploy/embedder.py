@@ -134,12 +134,30 @@ def open_backend(paths: str | os.PathLike | Sequence[str | os.PathLike], runtime
     return OnnxRuntimeBackend(onnx_path)
 
 
-class Embedder:
-    """A loaded descriptor model: ``embed(crops)`` -> (N, D) L2-normalised float32."""
+def model_sha256(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
+    """The identity of a model's files: hex sha256 over the sha256 of each file (Caffe: the
+    prototxt then the caffemodel; OpenVINO: the .xml then its .bin; ONNX: the one file).
 
-    def __init__(self, backend: Backend, batch_size: int = 16):
+    It names the files, not the maths: the same net exported to ONNX has another hash. A
+    gallery stores it to refuse descriptors of another model (rmnet.gallery)."""
+    kinds = _classify([paths] if isinstance(paths, (str, os.PathLike)) else list(paths))
+    files = [kinds[k] for k in ("prototxt", "caffemodel", "onnx", "xml") if k in kinds]
+    if "xml" in kinds and kinds["xml"].with_suffix(".bin").is_file():
+        files.append(kinds["xml"].with_suffix(".bin"))
+    return hashlib.sha256("".join(sha256_file(p) for p in files).encode()).hexdigest()
+
+
+class Embedder:
+    """A loaded descriptor model: ``embed(crops)`` -> (N, D) L2-normalised float32.
+
+    ``model_sha256``: the model files' identity (``model_sha256()``), set by ``load``; None for
+    an Embedder made from a bare backend."""
+
+    def __init__(self, backend: Backend, batch_size: int = 16,
+                 model_sha256: str | None = None):
         self.backend = backend
         self.batch_size = int(batch_size)
+        self.model_sha256 = model_sha256
         self._dim: int | None = None
 
     @classmethod
@@ -157,7 +175,8 @@ class Embedder:
                                          f"{', '.join(map(str, paths))} (installed: "
                                          f"{', '.join(available_runtimes()) or 'none'})")
             runtime = usable[0]
-        return cls(open_backend(paths, runtime, cache_dir), batch_size)
+        return cls(open_backend(paths, runtime, cache_dir), batch_size,
+                   model_sha256=model_sha256(paths))
 
     @property
     def runtime(self) -> str:
