@@ -78,12 +78,12 @@ def kink_free_case(seed: int, centres: np.ndarray, margins: tuple[float, float],
     """Embeddings and labels (float32-exact) whose Push/GlobPush hinge terms all stay `gap` away
     from 0, with active and inactive terms of each (finite differences must not cross a kink)."""
     k, d = centres.shape
-    c, _ = lm.l2_normalize(centres)
+    c, _ = lm.normalize_rows(centres)
     for s in range(seed, seed + 500):
         rng = np.random.default_rng(s)
         x = rng.standard_normal((n, d)).astype(np.float32)
         y = np.concatenate([[0, 0, 1], rng.integers(0, k, n - 3)])
-        u, _ = lm.l2_normalize(x)
+        u, _ = lm.normalize_rows(x)
         own = np.einsum("ij,ij->i", u, c[y])
         hp = (margins[0] - own[:, None] + u @ u.T)[y[:, None] != y[None, :]]
         other = np.ones((n, k), bool)

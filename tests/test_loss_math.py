@@ -23,21 +23,21 @@ def assert_grad(analytic: np.ndarray, numeric: np.ndarray, tol: float = 1e-6) ->
 
 # --- L2 normalisation -------------------------------------------------------------------------
 
-def test_l2_normalize_values():
+def test_normalize_rows_values():
     # [3, 4] / 5 = [0.6, 0.8]; [0, 2] / 2 = [0, 1]; a zero row stays finite (eps).
-    u, norm = lm.l2_normalize(np.array([[3.0, 4.0], [0.0, 2.0], [0.0, 0.0]]))
+    u, norm = lm.normalize_rows(np.array([[3.0, 4.0], [0.0, 2.0], [0.0, 0.0]]))
     np.testing.assert_allclose(u[:2], [[0.6, 0.8], [0.0, 1.0]], atol=1e-12)
     np.testing.assert_allclose(norm[:2, 0], [5.0, 2.0], atol=1e-12)
     assert np.all(np.isfinite(u)) and np.all(u[2] == 0)
 
 
-def test_l2_normalize_gradient():
+def test_normalize_rows_gradient():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 5))
     g = rng.standard_normal((4, 5))          # upstream dL/du
-    u, norm = lm.l2_normalize(x)
-    analytic = lm.l2_normalize_backward(g, u, norm)
-    numeric = numeric_grad(lambda: float(np.sum(g * lm.l2_normalize(x)[0])), x)
+    u, norm = lm.normalize_rows(x)
+    analytic = lm.normalize_rows_backward(g, u, norm)
+    numeric = numeric_grad(lambda: float(np.sum(g * lm.normalize_rows(x)[0])), x)
     assert_grad(analytic, numeric)
     # The gradient is orthogonal to x: scaling a row does not change its direction.
     np.testing.assert_allclose(np.einsum("ij,ij->i", analytic, x), 0, atol=1e-10)
@@ -197,8 +197,8 @@ def random_local_case(seed: int, n=7, d=5, k=5, margin=0.3, min_gap=1e-3):
         c = rng.standard_normal((k, d))
         y = rng.integers(0, k, n)
         y[:3] = [0, 0, 1]                      # at least two classes, one repeated
-        u, _ = lm.l2_normalize(x)
-        cn, _ = lm.l2_normalize(c)
+        u, _ = lm.normalize_rows(x)
+        cn, _ = lm.normalize_rows(c)
         own = np.einsum("ij,ij->i", u, cn[y])
         hp = (margin - own[:, None] + u @ u.T)[y[:, None] != y[None, :]]
         other = np.ones((n, k), bool)

@@ -343,8 +343,8 @@ def _draw_clutter(img: np.ndarray, rng: np.random.Generator, n: int) -> None:
                      int(rng.integers(1, 4 * SS)))
 
 
-def render(app: Appearance | None, cam: Camera, rng: np.random.Generator, height: int,
-           width: int, mode: str = "person") -> np.ndarray:
+def draw_person(app: Appearance | None, cam: Camera, rng: np.random.Generator, height: int,
+                width: int, mode: str = "person") -> np.ndarray:
     """One uint8 BGR (height, width, 3) crop of ``app`` seen by ``cam``.
 
     ``mode``: "person" (a well-placed box), "partial" (junk: a box shifted or zoomed onto part
@@ -420,13 +420,13 @@ class Item:
     name: str
     pid: int            # -1 junk, 0 distractor
     camid: int
-    appearance: int     # index into Plan.appearances, or -1 for none
+    appearance: int     # index into DatasetPlan.appearances, or -1 for none
     mode: str
     seed: int
 
 
 @dataclass
-class Plan:
+class DatasetPlan:
     cfg: SyntheticConfig
     appearances: list[Appearance]
     cameras: list[Camera]
@@ -441,7 +441,7 @@ def _spread(rng: np.random.Generator, cams: list[int], n: int) -> list[int]:
     return [out[i] for i in rng.permutation(n)]
 
 
-def make_plan(cfg: SyntheticConfig) -> Plan:
+def make_plan(cfg: SyntheticConfig) -> DatasetPlan:
     """Decide every file (deterministic in ``cfg``), without drawing any pixels."""
     rng = np.random.default_rng([cfg.seed, VERSION])
     n_ids = cfg.train_ids + cfg.test_ids
@@ -453,7 +453,7 @@ def make_plan(cfg: SyntheticConfig) -> Plan:
     cameras = [random_camera(rng) for _ in range(cfg.cameras)]
     appearances = [random_appearance(rng) for _ in range(n_ids)]
     app_of = {pid: i for i, pid in enumerate(train_pids + test_pids)}
-    plan = Plan(cfg, appearances, cameras, train_pids, test_pids)
+    plan = DatasetPlan(cfg, appearances, cameras, train_pids, test_pids)
     used: dict[str, set[str]] = {s: set() for s in SPLITS}
 
     def add(split: str, pid: int, cam: int, app: int, mode: str) -> None:
@@ -497,14 +497,14 @@ def make_plan(cfg: SyntheticConfig) -> Plan:
     return plan
 
 
-def render_item(plan: Plan, item: Item) -> np.ndarray:
+def render_item(plan: DatasetPlan, item: Item) -> np.ndarray:
     cfg = plan.cfg
     app = plan.appearances[item.appearance] if item.appearance >= 0 else None
-    return render(app, plan.cameras[item.camid - 1], np.random.default_rng(item.seed),
+    return draw_person(app, plan.cameras[item.camid - 1], np.random.default_rng(item.seed),
                   cfg.height, cfg.width, item.mode)
 
 
-def encode_item(plan: Plan, item: Item) -> bytes:
+def encode_item(plan: DatasetPlan, item: Item) -> bytes:
     quality = plan.cameras[item.camid - 1].quality
     ok, buf = cv2.imencode(".jpg", render_item(plan, item), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:

@@ -35,8 +35,8 @@ from pathlib import Path
 import cv2
 
 from rmnet.atomic import atomic_dir
-from rmnet.data.synthetic import (VERSION, Item, Plan, SyntheticConfig, encode_item, generate,
-                                  make_plan, render_item)
+from rmnet.data.synthetic import (VERSION, DatasetPlan, encode_item, generate, Item, make_plan,
+                                  render_item, SyntheticConfig)
 
 LAYOUTS = ("market", "msmt17_v1", "msmt17_v2", "cuhk03", "folders", "folders-nocam", "csv",
            "csv-nocam")
@@ -47,21 +47,21 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def _png(plan: Plan, item: Item) -> bytes:
+def _png(plan: DatasetPlan, item: Item) -> bytes:
     ok, buf = cv2.imencode(".png", render_item(plan, item))
     if not ok:
         raise RuntimeError(f"OpenCV could not encode {item.name} as PNG")
     return buf.tobytes()
 
 
-def _by_split(plan: Plan) -> dict[str, list[Item]]:
+def _by_split(plan: DatasetPlan) -> dict[str, list[Item]]:
     out: dict[str, list[Item]] = {"train": [], "query": [], "gallery": []}
     for it in plan.items:
         out[it.split].append(it)
     return out
 
 
-def _msmt17(tmp: Path, plan: Plan, v2: bool) -> dict[str, int]:
+def _msmt17(tmp: Path, plan: DatasetPlan, v2: bool) -> dict[str, int]:
     train_dir, test_dir = ("mask_train_v2", "mask_test_v2") if v2 else ("train", "test")
     splits = _by_split(plan)
     train_label = {pid: i for i, pid in enumerate(plan.train_pids)}
@@ -94,7 +94,7 @@ def _msmt17(tmp: Path, plan: Plan, v2: bool) -> dict[str, int]:
     return {k: len(v) for k, v in lists.items()}
 
 
-def _cuhk03(tmp: Path, plan: Plan) -> dict[str, int]:
+def _cuhk03(tmp: Path, plan: DatasetPlan) -> dict[str, int]:
     if plan.cfg.cameras != 2:
         raise ValueError("the cuhk03 layout needs cameras=2 (CUHK03 names have cameras 1 and 2)")
     splits = _by_split(plan)
@@ -115,7 +115,7 @@ def _cuhk03(tmp: Path, plan: Plan) -> dict[str, int]:
     return counts
 
 
-def _folders(tmp: Path, plan: Plan, cams: bool) -> dict[str, int]:
+def _folders(tmp: Path, plan: DatasetPlan, cams: bool) -> dict[str, int]:
     counts = {}
     for split, items in _by_split(plan).items():
         for it in items:
@@ -125,7 +125,7 @@ def _folders(tmp: Path, plan: Plan, cams: bool) -> dict[str, int]:
     return counts
 
 
-def _csv(tmp: Path, plan: Plan, cams: bool) -> dict[str, int]:
+def _csv(tmp: Path, plan: DatasetPlan, cams: bool) -> dict[str, int]:
     counts = {}
     for split, items in _by_split(plan).items():
         lines = ["path,pid,camid" if cams else "path,pid"]

@@ -109,7 +109,7 @@ class Job:
     width: int
 
 
-def render(job: Job) -> tuple[int, np.ndarray, list[int]]:
+def load_job(job: Job) -> tuple[int, np.ndarray, list[int]]:
     """Load, augment and stack one batch: (index, uint8 (N,H,W,3), positions of bad images)."""
     from rmnet.data.images import ImageError, load_bgr
 
@@ -139,7 +139,7 @@ def _worker_init() -> None:
 # --- the batch producer (no Caffe) ---------------------------------------------------------
 
 class BatchSource:
-    """Plans batches (ids, weights, augmentation) and renders them, prefetching in workers."""
+    """Plans batches (ids, weights, augmentation) and loads them, prefetching in workers."""
 
     def __init__(self, cfg: DataConfig, paths: list[str], labels: np.ndarray, train: bool,
                  log=print, rank: int = 0, ranks: int = 1):
@@ -203,9 +203,9 @@ class BatchSource:
     def _submit(self) -> None:
         job, ids, weights, round_ = self._plan()
         if self._pool is not None:
-            handle = self._pool.apply_async(render, (job,))
+            handle = self._pool.apply_async(load_job, (job,))
         else:
-            handle = render(job)
+            handle = load_job(job)
         self._pending.append((handle, ids, weights, round_))
 
     def start(self) -> None:

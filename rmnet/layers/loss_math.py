@@ -100,7 +100,7 @@ EPS = 1e-12
 
 # --- L2 normalisation -------------------------------------------------------------------------
 
-def l2_normalize(x: np.ndarray, eps: float = EPS) -> tuple[np.ndarray, np.ndarray]:
+def normalize_rows(x: np.ndarray, eps: float = EPS) -> tuple[np.ndarray, np.ndarray]:
     """Row-normalise ``x`` (n, d): returns ``(u, norm)``, ``u = x / norm``,
     ``norm = sqrt(|x|^2 + eps)`` of shape (n, 1) (kept for the backward pass)."""
     x = np.asarray(x, dtype=np.float64)
@@ -108,7 +108,7 @@ def l2_normalize(x: np.ndarray, eps: float = EPS) -> tuple[np.ndarray, np.ndarra
     return x / norm, norm
 
 
-def l2_normalize_backward(grad_u: np.ndarray, u: np.ndarray, norm: np.ndarray) -> np.ndarray:
+def normalize_rows_backward(grad_u: np.ndarray, u: np.ndarray, norm: np.ndarray) -> np.ndarray:
     """Gradient w.r.t. the raw rows, given ``grad_u = dL/du`` and ``(u, norm)`` of the forward."""
     proj = np.einsum("ij,ij->i", grad_u, u)[:, None]
     return (grad_u - u * proj) / norm
@@ -166,8 +166,8 @@ def am_softmax_forward(x: np.ndarray, class_weights: np.ndarray, labels: np.ndar
     table = np.asarray(class_weights, dtype=np.float64)
     labels, w, w_sum = _check_inputs(x, table, labels, sample_weight)
     n = x.shape[0]
-    u, x_norm = l2_normalize(x)
-    v, w_norm = l2_normalize(table)
+    u, x_norm = normalize_rows(x)
+    v, w_norm = normalize_rows(table)
     cos = u @ v.T
     rows = np.arange(n)
     logits = scale * cos
@@ -191,8 +191,8 @@ def am_softmax_backward(fwd: AMSoftmaxForward,
     d_logits = fwd.prob.copy()
     d_logits[np.arange(n), fwd.labels] -= 1.0
     d_cos = d_logits * (fwd.scale * upstream * fwd.coef)[:, None]
-    grad_x = l2_normalize_backward(d_cos @ fwd.v, fwd.u, fwd.x_norm)
-    grad_w = l2_normalize_backward(d_cos.T @ fwd.u, fwd.v, fwd.w_norm)
+    grad_x = normalize_rows_backward(d_cos @ fwd.v, fwd.u, fwd.x_norm)
+    grad_w = normalize_rows_backward(d_cos.T @ fwd.u, fwd.v, fwd.w_norm)
     return grad_x, grad_w
 
 
@@ -281,8 +281,8 @@ def local_structure_forward(x: np.ndarray, centres: np.ndarray, labels: np.ndarr
     table = np.asarray(centres, dtype=np.float64)
     labels, w, w_sum = _check_inputs(x, table, labels, sample_weight)
     n, k = x.shape[0], table.shape[0]
-    u, x_norm = l2_normalize(x)
-    c, c_norm = l2_normalize(table)
+    u, x_norm = normalize_rows(x)
+    c, c_norm = normalize_rows(table)
     cos_own = np.einsum("ij,ij->i", u, c[labels])      # u_i . c_yi
     d_own = 1.0 - cos_own
     per_sample = np.zeros((n, len(LOCAL_TERMS)))   # columns: LOCAL_TERMS
@@ -337,5 +337,5 @@ def local_structure_backward(fwd: LocalStructureForward,
     # d(u_i, c_yi) = 1 - u_i . c_yi
     grad_u -= own[:, None] * c[labels]
     np.add.at(grad_c, labels, -own[:, None] * u)
-    return (l2_normalize_backward(grad_u, u, fwd.x_norm),
-            l2_normalize_backward(grad_c, c, fwd.c_norm))
+    return (normalize_rows_backward(grad_u, u, fwd.x_norm),
+            normalize_rows_backward(grad_c, c, fwd.c_norm))

@@ -81,7 +81,7 @@ def check_labels(values: np.ndarray, num_classes: int, layer: str) -> np.ndarray
     return v.astype(np.int64)
 
 
-def check_weights(values: np.ndarray, layer: str) -> np.ndarray:
+def check_sample_weights(values: np.ndarray, layer: str) -> np.ndarray:
     """float64 sample weights (N,); ValueError naming the first negative or non-finite one."""
     w = np.asarray(values, dtype=np.float64).reshape(-1)
     bad = ~np.isfinite(w) | (w < 0)
@@ -140,7 +140,7 @@ if caffe is not None:
             name = self.NAME
             x = check_embedding(bottom[0].data, name)
             labels = check_labels(bottom[1].data, self.cfg.num_classes, name)
-            weights = check_weights(bottom[2].data, name) if len(bottom) == 3 else None
+            weights = check_sample_weights(bottom[2].data, name) if len(bottom) == 3 else None
             return x, labels, weights
 
         def _check_backward(self, top, per_sample_top: int):
