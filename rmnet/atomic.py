@@ -39,7 +39,8 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -50,7 +51,7 @@ def _fsync_path(path: Path) -> None:
 def _fsync_dir(path: Path) -> None:
     """Make a rename in ``path`` durable; best effort (not every file system supports it)."""
     try:
-        _fsync_path(path)
+        fsync_path(path)
     except OSError:
         pass
 
@@ -94,7 +95,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             except FileNotFoundError:
                 mode = 0o666 & ~_umask()
             os.chmod(tmp, mode)
-            _fsync_path(tmp)
+            fsync_path(tmp)
             os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:

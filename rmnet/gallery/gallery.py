@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -57,7 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.atomic import atomic_write_text
+from rmnet.atomic import atomic_write_text, fsync_path
+from rmnet.caffe.caffemodel import sha256_file
 from rmnet.gallery import index as ix
 from rmnet.gallery.store import Entry, MetadataStore, Record, StoreError
 
@@ -96,22 +96,6 @@ def entry_from_path(path: str | os.PathLike) -> Entry:
     except DatasetError:
         return Entry(path=str(path))
     return Entry(path=str(path), camera=cam, pid=pid)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _now() -> str:
@@ -226,7 +210,7 @@ class Gallery:
             if p.stat().st_size != info.get("bytes"):
                 raise GalleryError(f"{p}: {p.stat().st_size} bytes, the manifest says "
                                    f"{info.get('bytes')} (damaged)")
-            if verify and _sha256(p) != info.get("sha256"):
+            if verify and sha256_file(p) != info.get("sha256"):
                 raise GalleryError(f"{p}: sha256 differs from the manifest's (damaged)")
         if META_FILE not in files:
             raise GalleryError(f"{mpath}: corrupt gallery manifest (no {META_FILE})")
@@ -469,11 +453,11 @@ class Gallery:
                 for fname in (INDEX_FILE, META_FILE):
                     p = tmp / fname
                     if p.exists():
-                        _fsync(p)
-                        files[fname] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                        fsync_path(p)
+                        files[fname] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                 os.chmod(tmp, 0o755)
                 os.replace(tmp, self.folder / name)
-                _fsync(self.folder)
+                fsync_path(self.folder)
                 old_version = self.version
                 self.version = version
                 try:
