@@ -56,6 +56,7 @@ from rmnet.deploy.graph import ExportError  # noqa: E402
 from rmnet.atomic import atomic_write_text  # noqa: E402
 from rmnet.atomic import check_output  # noqa: E402
 from rmnet.cli.errors import command  # noqa: E402
+from rmnet.data.datasets import FORMATS  # noqa: E402
 
 TARGET_SPEEDUP = 1.5
 TARGET_RANK1_DROP = 1.0   # points
@@ -218,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--prototxt", type=Path)
     src.add_argument("--weights", type=Path)
     ap.add_argument("--data", type=Path, required=True,
-                    help="Market-1501-style root (bounding_box_train/, query/, "
-                         "bounding_box_test/), e.g. from `python -m rmnet.data.synthetic`")
+                    help="dataset root in any supported layout (calibration from its train "
+                         "split, accuracy on its query/gallery), e.g. from `python -m "
+                         "rmnet.data.synthetic`")
+    ap.add_argument("--format", choices=FORMATS,
+                    help="the dataset layout of --data (default: detected)")
     ap.add_argument("--out", type=Path, required=True, help="folder for the INT8 IR")
     ap.add_argument("--name", help="output stem (default: the model's or caffemodel's stem)")
     ap.add_argument("--calib", type=int, default=300, help="calibration crops (%(default)s)")
@@ -259,10 +263,11 @@ def main(argv: list[str] | None = None) -> int:
             (not args.model and not (args.prototxt and args.weights)):
         ap.error("give --model, or both --prototxt and --weights")
 
-    from rmnet.data.market import DatasetError, load_market
+    from rmnet.data.datasets import load_dataset
+    from rmnet.data.market import DatasetError
 
     try:
-        ds = load_market(args.data)
+        ds = load_dataset(args.data, args.format)
     except (DatasetError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
