@@ -93,7 +93,7 @@ def test_pretrain_net_shares_the_backbone_with_the_reid_nets(classes, caffe):
 
 
 def test_pretraining_learns_and_transfers_into_every_variant(classes, tmp_path, caffe, capsys):
-    """A short real run at 64x64: the softmax loss falls; the final caffemodel's backbone
+    """A short real run at 64x64 (60 iterations): the softmax loss falls; the final caffemodel's backbone
     copies by name into every re-id variant (light: every layer but the head's)."""
     from rmnet.generator import list_variants, render
     from rmnet.cli.train import main
@@ -101,15 +101,17 @@ def test_pretraining_learns_and_transfers_into_every_variant(classes, tmp_path, 
     from rmnet.train.pretrain import transfer_preview
 
     run = tmp_path / "run"
-    assert main(["--pretrain", str(classes), "--size", "64x64", "--iters", "24",
+    # 60 iterations: the scaled schedule keeps lr 1e-2 for the first 20 only, so a shorter run
+    # learns too little to tell from the batch-to-batch noise.
+    assert main(["--pretrain", str(classes), "--size", "64x64", "--iters", "60",
                  "--batch-size", "16", "--run-dir", str(run)]) == 0
     out = capsys.readouterr().out
     assert "copied 338 layer(s)" in out
-    _, losses = read_caffe_log(run / "train.log").values("loss")
-    assert len(losses) == 25 and np.all(np.isfinite(losses))
+    its, losses = read_caffe_log(run / "train.log").values("loss")
+    assert its[0] == 0 and its[-1] == 60 and np.all(np.isfinite(losses))
     assert np.log(4) - 0.3 < losses[0] < np.log(4) + 0.3       # chance level at the start
-    assert np.mean(losses[-6:]) < np.mean(losses[:6]) - 0.08      # the loss falls
-    model = run / "snapshots" / "pretrain_iter_24.caffemodel"
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3       # the loss falls
+    model = run / "snapshots" / "pretrain_iter_60.caffemodel"
     for variant in list_variants():
         deploy = tmp_path / f"{variant}.prototxt"
         deploy.write_text(render(variant, "deploy").text)
