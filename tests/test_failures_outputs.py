@@ -115,10 +115,16 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], Path]]:
         ("plot_training", [log, "-o", d], d),
         ("plot_weight_ratio", [tmp / "a.caffemodel", tmp / "b.caffemodel", "-o", d], d),
         ("train", ["--data", tmp, "--run-dir", f], f),
+        ("gallery", ["build", "--prototxt", PROTOTXT, "--weights", tmp / "w.caffemodel",
+                     "--images", tmp, "--out", f], f),
+        ("gallery", ["search", tmp / "g", "--images", tmp, "--json", d], d),
+        ("bench_gallery", ["--out", d], d),
+        ("gpu_check", ["--out", f], f),
+        ("import_openvino", [tmp / "model.xml", "-o", d], d),
     ]
 
 
-@pytest.mark.parametrize("index", range(10))
+@pytest.mark.parametrize("index", range(15))
 def test_a_wrong_type_output_location_is_one_line_and_exit_2(tmp_path, index):
     import importlib
     (tmp_path / "a_file").write_text("keep me")

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.atomic import atomic_write_text
+from rmnet.atomic import atomic_write_text, check_output
 from rmnet.bench.gallery import SyntheticDescriptors, exact_topk, latency, recall_at, rss_bytes
+from rmnet.cli.errors import command
 from rmnet.gallery import index as ix
 
 PROG = "bench_gallery"
@@ -268,8 +269,11 @@ def parse_args(argv):
     return args
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_output(args.out, "--out")
+    check_output(args.out.with_suffix(".json") if args.out else None, "--out (.json)")
     faiss = ix.faiss_module()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)

@@ -32,7 +32,8 @@ from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from rmnet.atomic import atomic_write_text  # noqa: E402
+from rmnet.atomic import atomic_write_text, check_output  # noqa: E402
+from rmnet.cli.errors import command  # noqa: E402
 from rmnet.data.images import ImageError  # noqa: E402
 from rmnet.data.market import DatasetError, list_images  # noqa: E402
 from rmnet.gallery.gallery import Gallery, GalleryError  # noqa: E402
@@ -196,8 +197,12 @@ def parse_args(argv: list[str] | None):
     return args
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if getattr(args, "out", None) is not None:
+        check_output(args.out, "--out", folder=True)
+    check_output(getattr(args, "json", None), "--json")
     try:
         return args.fn(args)
     except (GalleryError, IndexSpecError, UsageError, DatasetError, ImageError,

@@ -28,11 +28,14 @@ import time
 import traceback
 from pathlib import Path
 
+from rmnet.atomic import check_output
+from rmnet.cli.errors import command
 from rmnet.paths import REPO
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 
+@command("gpu_check")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=50, help="training iterations (default: 50)")
     ap.add_argument("--batch-size", type=int, default=32, help="training batch (default: 32)")
     args = ap.parse_args(argv)
+    check_output(args.out, "--out", folder=True)
     if args.device < 0:
         ap.error("--device must be >= 0")
     if args.iters < 10:
