@@ -291,3 +291,12 @@ def test_training_refuses_a_one_identity_set_and_a_broken_snapshot(tmp_path):
     assert r.returncode == 2, r.stderr
     assert f"{bad}: cannot resume from it: not a complete solver state" in r.stderr
     assert "history" not in r.stderr                          # not Caffe's own abort message
+
+
+def test_init_weights_on_a_prototxt_that_does_not_parse(tmp_path):
+    from rmnet.cli import init_weights
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text("not a prototxt {\n")
+    code, _, err = run_main(init_weights.main, [bad, "-o", tmp_path / "x.caffemodel"])
+    assert code == 2 and "not a valid Caffe net prototxt" in one_line(err) and str(bad) in err
+    assert not (tmp_path / "x.caffemodel").exists()

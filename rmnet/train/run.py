@@ -23,7 +23,7 @@ import numpy as np
 
 from rmnet.caffe.caffemodel import WeightsError, check_fit, read_caffemodel
 from rmnet.caffe.protos import ProtoError, caffe_pb2, read_net, read_solver
-from rmnet.caffe.pycaffe import import_caffe, net_from_param, param_shapes
+from rmnet.caffe.pycaffe import import_caffe, load_net, net_from_param, param_shapes
 from rmnet.atomic import atomic_path
 from rmnet.train.init import TransferReport, copy_by_name, msra, orthogonal
 
@@ -89,12 +89,13 @@ def init_weights(prototxt: str | os.PathLike, out: str | os.PathLike, seed: int 
     convolutions, MSRA for every other convolution, the prototxt's fillers for the rest; with
     ``source``, then copy every layer whose name and shapes match from that caffemodel (a backbone
     trained elsewhere) and return the report."""
-    caffe = import_caffe()
-
     for p in (prototxt, source):
         if p is not None and not Path(p).is_file():
             raise TrainingError(f"{p}: no such file")
-    net = caffe.Net(str(prototxt), caffe.TEST)
+    try:
+        net = load_net(prototxt, require_input=False)   # parse errors first: Caffe aborts
+    except ValueError as e:                              # ProtoError, a foreign Python layer
+        raise TrainingError(str(e)) from None
     rng = np.random.default_rng(seed)
     n_orth = n_msra = 0
     for name, layer in zip(net._layer_names, net.layers):
