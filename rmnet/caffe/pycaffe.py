@@ -6,7 +6,9 @@ A Python layer that is not this project's is refused before Caffe imports its mo
 Why the checks: Caffe's loader ignores caffemodel layers the net does not have, leaves net layers
 the caffemodel lacks at their random initial values, and aborts the whole process (glog CHECK) on
 a shape mismatch or a prototxt it cannot parse. ``load_net`` refuses all of these first, naming
-the files and the layer (``rmnet.caffe.caffemodel.check_fit`` is the one fit rule).
+the files and the layer (``rmnet.caffe.caffemodel.check_fit`` is the one fit rule; the net's own
+shapes, an Eltwise over blobs of different shapes say, are checked by Caffe's rules in
+``rmnet.caffe.shapes``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from rmnet.caffe.caffemodel import check_fit
 from rmnet.caffe.protos import net_text, read_net
+from rmnet.caffe.shapes import check_shapes
 
 
 def import_caffe():
@@ -62,8 +65,10 @@ def load_net(prototxt: str | os.PathLike, weights: str | os.PathLike | None = No
     for p, what in ((prototxt, "prototxt"), (weights, "caffemodel")):
         if p is not None and not Path(p).is_file():
             raise FileNotFoundError(f"{p}: no such {what} file")
-    refuse_foreign_python_layers(read_net(prototxt), prototxt)   # parse errors name the file
+    net_param = read_net(prototxt)                              # parse errors name the file
+    refuse_foreign_python_layers(net_param, prototxt)
     caffe = import_caffe()
+    check_shapes(net_param, prototxt, phase, known_types=caffe.layer_type_list())
     net = caffe.Net(str(prototxt), getattr(caffe, phase))
     if require_input and not net.inputs:
         raise ValueError(f"{prototxt}: the net has no Input layer (a deploy prototxt is needed)")

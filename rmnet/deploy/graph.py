@@ -52,6 +52,8 @@ import numpy as np
 
 from rmnet.caffe import caffemodel
 from rmnet.caffe.protos import ProtoError, caffe_pb2, read_net
+from rmnet.caffe.shapes import (ShapeError, check_shapes, conv_output_size, included,
+                                pool_output_size)
 
 # Caffe layer types the graph converts (see the module doc).
 SUPPORTED_TYPES = ("Input", "Convolution", "BatchNorm", "Scale", "ReLU", "ELU", "Pooling",
@@ -141,24 +143,13 @@ def _fits(actual: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     return strip(actual) == strip(expected) and int(np.prod(actual)) == int(np.prod(expected))
 
 
-def included_in_test(layer) -> bool:
-    """Whether the layer exists in Caffe's TEST phase (include/exclude phase rules)."""
-    test = caffe_pb2().TEST
-    for rule in layer.exclude:
-        if rule.HasField("phase") and rule.phase == test:
-            return False
-    if len(layer.include):
-        return any(not rule.HasField("phase") or rule.phase == test for rule in layer.include)
-    return True
-
-
 class _Builder:
     """The walk over a deploy net behind ``build_graph``: one method per layer type, the blob
     bookkeeping (shapes, which record wrote a blob and whether anything read it since) shared."""
 
     def __init__(self, net, blobs: dict[str, list[np.ndarray]] | None,
                  prototxt: str | os.PathLike, weights: str | os.PathLike | None):
-        self.layers = [lay for lay in net.layer if included_in_test(lay)]
+        self.layers = [lay for lay in net.layer if included(lay, caffe_pb2().TEST)]
         self.blobs, self.prototxt, self.weights = blobs, prototxt, weights
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.g = Graph(name=net.name or Path(prototxt).stem, input_name="", input_shape=(),
@@ -327,9 +318,10 @@ class _Builder:
         if kh < 1 or kw < 1 or group < 1 or c_in % group or c_out % group:
             raise ExportError(f"{w}: kernel {kh}x{kw}, group {group} do not fit "
                               f"{c_in} -> {c_out} channels")
-        oh = (in_shape[2] + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-        ow = (in_shape[3] + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-        if oh < 1 or ow < 1:
+        oh = conv_output_size(in_shape[2], kh, sh, ph, dh)
+        ow = conv_output_size(in_shape[3], kw, sw, pw, dw)
+        if (in_shape[2] + 2 * ph < dh * (kh - 1) + 1 or in_shape[3] + 2 * pw < dw * (kw - 1) + 1
+                or oh < 1 or ow < 1):   # (ONNX floors where Caffe truncates toward zero)
             raise ExportError(f"{w}: input {in_shape[2]}x{in_shape[3]} is too small")
         expected = [(c_out, c_in // group, kh, kw)] + ([(c_out,)] if p.bias_term else [])
         got = self.params(layer, expected)
@@ -406,7 +398,13 @@ def build_graph(net, blobs: dict[str, list[np.ndarray]] | None, prototxt: str | 
 
     ``blobs=None`` checks and shapes the net only (weights all zero), e.g. for FLOPs counts.
     Every error names ``prototxt`` (and ``weights`` for parameter mismatches) and the layer.
+    What Caffe itself would abort on is found first by Caffe's own shape rules
+    (``rmnet.caffe.shapes``), with the same message ``load_net`` gives.
     """
+    try:
+        check_shapes(net, prototxt)
+    except ShapeError as e:
+        raise ExportError(str(e)) from None
     return _Builder(net, blobs, prototxt, weights).build(net)
 
 
@@ -447,13 +445,10 @@ def _pooling(layer, in_shape: tuple[int, ...], w: str) -> tuple[OpRecord, tuple[
     if kh < 1 or kw < 1:
         raise ExportError(f"{w}: pooling needs a kernel size (or global_pooling)")
     ceil_mode = pb2.PoolingParameter.RoundMode.Name(p.round_mode) == "CEIL"
-    sizes = []
-    for size, k, s, pad in ((h, kh, sh, ph), (wd, kw, sw, pw)):
-        floor_out = (size + 2 * pad - k) // s + 1
-        caffe_out = -(-(size + 2 * pad - k) // s) + 1 if ceil_mode else floor_out
-        if pad and (caffe_out - 1) * s >= size + pad:
-            caffe_out -= 1   # Caffe: the last window must start inside the image or left pad
-        sizes.append((floor_out, caffe_out))
+    sizes = [pool_output_size(size, k, s, pad, ceil_mode)
+             for size, k, s, pad in ((h, kh, sh, ph), (wd, kw, sw, pw))]
+    if min(c_ for _, c_ in sizes) < 1 or min(f for f, _ in sizes) < 1:
+        raise ExportError(f"{w}: input {h}x{wd} is too small for a {kh}x{kw} pooling")
     needs_ceil = any(f != c_ for f, c_ in sizes)
     if needs_ceil and (ph or pw):
         raise ExportError(f"{w}: padded pooling whose Caffe output size "

@@ -1,0 +1,165 @@
+"""Damaged and inconsistent models under failure: a deploy net Caffe would abort on (an Eltwise
+over blobs of different shapes, and the other shape checks Caffe makes while it builds a net) is
+one line naming the layer before Caffe sees it, on every path that loads through pycaffe; and
+what Caffe accepts is never refused (each refusal below is shown to abort a real Caffe)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rmnet.caffe.protos import parse_net, read_net
+from rmnet.caffe.shapes import ShapeError, check_shapes, pool_output_size
+from tests.conftest import REPO
+from tests.test_failures_outputs import one_line, run_main
+
+INPUT = ('layer {{ name: "data" type: "Input" top: "data" '
+         'input_param {{ shape {{ dim: 1 dim: 3 dim: {h} dim: {w} }} }} }}\n')
+
+
+def conv(name: str, bottom: str, out: int = 4, k: int = 3, s: int = 1, p: int = 1,
+         group: int = 1) -> str:
+    return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
+            f'convolution_param {{ num_output: {out} kernel_size: {k} stride: {s} pad: {p} '
+            f'group: {group} weight_filler {{ type: "msra" }} }} }}\n')
+
+
+def eltwise_net(stride_b: int) -> str:
+    return (INPUT.format(h=16, w=8) + conv("a", "data") + conv("b", "data", s=stride_b)
+            + 'layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }\n')
+
+
+# Nets Caffe builds (the pre-check must pass them, with Caffe's shapes) ...
+ACCEPTED = {
+    # padded ceil-mode pooling: Caffe 5x5, floor 4x4 (the ONNX exporter refuses this one)
+    "padded_ceil_pooling": INPUT.format(h=8, w=8) + conv("c", "data") +
+    'layer { name: "p" type: "Pooling" bottom: "c" top: "p" '
+    'pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }\n',
+    # a kernel one wider than the input: C++ division truncates (-1 / 2 == 0), output 1
+    "kernel_wider_than_input": INPUT.format(h=4, w=4) + conv("c", "data", k=5, s=2, p=0),
+    "eltwise_sum_coefficients": eltwise_net(1).replace(
+        'top: "sum" }', 'top: "sum" eltwise_param { operation: SUM coeff: 1 coeff: -1 } }'),
+    "concat_channels": INPUT.format(h=8, w=8) + conv("a", "data") + conv("b", "data", out=2)
+    + 'layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "cat" }\n',
+    "depthwise_and_global": INPUT.format(h=8, w=8) + conv("a", "data", out=6)
+    + conv("dw", "a", out=6, group=6, s=2)
+    + 'layer { name: "g" type: "Pooling" bottom: "dw" top: "g" '
+      'pooling_param { pool: AVE global_pooling: true } }\n'
+    + 'layer { name: "fc" type: "InnerProduct" bottom: "g" top: "fc" '
+      'inner_product_param { num_output: 5 } }\n',
+    "legacy_input": 'input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+    + conv("a", "data"),
+    "train_only_layer_skipped": eltwise_net(1) + conv("odd", "sum", group=3).replace(
+        '"odd" ', '"odd" include { phase: TRAIN } ', 1),
+}
+
+# ... and nets Caffe aborts on (glog CHECK): refused first, naming the layer.
+REFUSED = {
+    "eltwise_shape_mismatch": (eltwise_net(2), "layer 'sum' (type Eltwise): bottoms have "
+                                               "different shapes (a (1, 4, 16, 8), b (1, 4, 8, 4))"),
+    "eltwise_coefficient_count": (eltwise_net(1).replace(
+        'top: "sum" }', 'top: "sum" eltwise_param { coeff: 1 } }'), "1 coefficients for 2"),
+    "concat_spatial_mismatch": (INPUT.format(h=8, w=8) + conv("a", "data") +
+                                conv("b", "data", s=2) +
+                                'layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" '
+                                'top: "cat" }\n', "layer 'cat' (type Concat): bottoms differ"),
+    "group_does_not_divide": (INPUT.format(h=8, w=8) + conv("a", "data", group=2),
+                              "group 2 does not divide the 3 input channels"),
+    "pooling_pad_not_below_kernel": (INPUT.format(h=8, w=8) +
+                                     'layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+                                     'pooling_param { pool: MAX kernel_size: 2 pad: 2 } }\n',
+                                     "padding 2x2 must be smaller than the kernel 2x2"),
+    "empty_convolution_output": (INPUT.format(h=4, w=4) + conv("c", "data", k=7, s=2, p=0),
+                                 "too small for a 7x7 kernel (output 0x0)"),
+    "unknown_bottom": (INPUT.format(h=8, w=8) + conv("a", "nothing"),
+                       "reads blob 'nothing', which no earlier layer produces"),
+    "unknown_layer_type": (INPUT.format(h=8, w=8) +
+                           'layer { name: "x" type: "NoSuchLayer" bottom: "data" top: "x" }\n',
+                           "Caffe has no layer type 'NoSuchLayer'"),
+}
+
+CAFFE_NET = """
+import sys, caffe
+caffe.set_mode_cpu()
+net = caffe.Net(sys.argv[1], caffe.TEST)
+print({b: tuple(net.blobs[b].data.shape) for b in net.blobs.keys()})
+"""
+
+
+def caffe_build(tmp_path: Path, text: str) -> subprocess.CompletedProcess:
+    """Caffe building the net in a process of its own (an abort ends only that one)."""
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(text)
+    return subprocess.run([sys.executable, "-c", CAFFE_NET, str(proto)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def known_types() -> list[str]:
+    from rmnet.caffe.pycaffe import import_caffe
+    return list(import_caffe().layer_type_list())
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_what_caffe_builds_passes_with_caffes_shapes(tmp_path, case):
+    r = caffe_build(tmp_path, ACCEPTED[case])
+    assert r.returncode == 0, r.stderr
+    caffe_shapes = eval(r.stdout.strip().splitlines()[-1])
+    ours = check_shapes(parse_net(ACCEPTED[case]), "net", known_types=known_types())
+    assert {b: ours[b] for b in caffe_shapes if b in ours} == \
+        {b: s for b, s in caffe_shapes.items() if b in ours}
+    assert set(ours) - set(caffe_shapes) == set()
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_what_caffe_aborts_on_is_refused_naming_the_layer(tmp_path, case):
+    text, needle = REFUSED[case]
+    r = caffe_build(tmp_path, text)
+    assert r.returncode != 0 and "Check failed" in r.stderr + r.stdout or \
+        "Unknown" in r.stderr, (r.returncode, r.stderr[-500:])      # Caffe aborts on it ...
+    with pytest.raises(ShapeError, match="net: layer '") as e:      # ... we refuse it first
+        check_shapes(parse_net(text), "net", known_types=known_types())
+    assert needle in str(e.value)
+
+
+def test_the_project_nets_pass_with_caffes_shapes():
+    from rmnet.caffe.pycaffe import load_net
+    for proto in sorted(REPO.glob("prototxt/*/*.prototxt")):
+        for phase in ("TEST", "TRAIN"):
+            check_shapes(read_net(proto), proto, phase, known_types=known_types())
+        if proto.name == "deploy.prototxt":
+            net = load_net(proto)
+            ours = check_shapes(read_net(proto), proto)
+            assert all(ours[b] == tuple(net.blobs[b].data.shape)
+                       for b in net.blobs.keys() if b in ours)
+
+
+def test_pooling_sizes_are_caffes():
+    assert pool_output_size(8, 3, 2, 1) == (4, 5)       # ceil, padded: Caffe keeps 5
+    assert pool_output_size(7, 3, 2, 1) == (4, 4)
+    assert pool_output_size(6, 2, 2, 1) == (4, 4)       # the last window would start in the pad
+    assert pool_output_size(7, 3, 2, 0, ceil_mode=False) == (3, 3)
+
+
+def test_an_eltwise_mismatch_is_one_line_in_eval_market_and_the_embedder(tmp_path):
+    from rmnet.cli import eval_market
+    from rmnet.data.synthetic import SyntheticConfig, generate
+    from rmnet.deploy.embedder import Embedder
+    from rmnet.deploy.export import random_caffemodel
+    market = tmp_path / "market"
+    generate(market, SyntheticConfig(train_ids=1, test_ids=2, images_per_id=2, seed=3))
+    good, bad = tmp_path / "good.prototxt", tmp_path / "deploy.prototxt"
+    good.write_text(eltwise_net(1))
+    bad.write_text(eltwise_net(2))                 # same weights, shapes no longer add up
+    weights = random_caffemodel(good, tmp_path / "w.caffemodel")
+    code, _, err = run_main(eval_market.main, ["--prototxt", bad, "--weights", weights,
+                                               "--data", market, "--no-progress"])
+    line = one_line(err, progress=True)         # after the dataset summary line
+    assert code == 2 and f"{bad}: layer 'sum' (type Eltwise): bottoms have different" in line
+    with pytest.raises(ShapeError, match="bottoms have different shapes"):
+        Embedder.load([bad, weights], runtime="pycaffe")
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), "--prototxt",
+                        str(bad), "--weights", str(weights), "--out", str(tmp_path / "exp")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "bottoms have different shapes" in one_line(r.stderr)
