@@ -58,7 +58,7 @@ ACCEPTED = {
 # ... and nets Caffe aborts on (glog CHECK): refused first, naming the layer.
 REFUSED = {
     "eltwise_shape_mismatch": (eltwise_net(2), "layer 'sum' (type Eltwise): bottoms have "
-                                               "different shapes (a (1, 4, 16, 8), b (1, 4, 8, 4))"),
+                               "different shapes (a (1, 4, 16, 8), b (1, 4, 8, 4))"),
     "eltwise_coefficient_count": (eltwise_net(1).replace(
         'top: "sum" }', 'top: "sum" eltwise_param { coeff: 1 } }'), "1 coefficients for 2"),
     "concat_spatial_mismatch": (INPUT.format(h=8, w=8) + conv("a", "data") +
@@ -163,3 +163,101 @@ def test_an_eltwise_mismatch_is_one_line_in_eval_market_and_the_embedder(tmp_pat
                         str(bad), "--weights", str(weights), "--out", str(tmp_path / "exp")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "bottoms have different shapes" in one_line(r.stderr)
+
+
+# --- the export check and the Embedder's fallback ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory) -> Path:
+    """The light net as init_weights leaves it: outputs in the thousands."""
+    from rmnet.train.run import init_weights
+    out = tmp_path_factory.mktemp("untrained") / "init.caffemodel"
+    init_weights(REPO / "prototxt" / "light" / "deploy.prototxt", out, log=lambda *_: None)
+    return out
+
+
+def test_the_default_export_check_is_scale_aware(tmp_path, untrained):
+    from rmnet.deploy.export import ExportReport
+    light = REPO / "prototxt" / "light" / "deploy.prototxt"
+    tool = [sys.executable, str(REPO / "tools" / "export.py"), "--prototxt", str(light),
+            "--weights", str(untrained)]
+    r = subprocess.run([*tool, "--out", str(tmp_path / "a")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([*tool, "--out", str(tmp_path / "b"), "--absolute"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "--relative" in one_line(r.stderr)
+    assert not list((tmp_path / "b").glob("*.onnx"))
+    big = ExportReport("p", "w", max_abs_ref=1500.0, max_abs_diff={"onnxruntime": 8e-4})
+    small = ExportReport("p", "w", max_abs_ref=0.5, max_abs_diff={"onnxruntime": 2e-4})
+    assert big.ok and not small.ok                      # small outputs: the absolute bound
+    assert not ExportReport("p", "w", max_abs_ref=1500.0, max_abs_diff={"o": 8e-4},
+                            check="absolute").ok
+
+
+def test_the_embedder_falls_back_to_pycaffe_when_the_export_cannot_serve(tmp_path, untrained,
+                                                                          monkeypatch):
+    import functools
+    import warnings
+
+    import numpy as np
+
+    import rmnet.deploy.embedder as embedder
+    from rmnet.deploy.export import random_caffemodel
+    crop = np.zeros((128, 64, 3), np.uint8)
+    # a net the exporter cannot convert (padded ceil-mode pooling), Caffe runs it
+    proto = tmp_path / "ceil.prototxt"
+    proto.write_text(ACCEPTED["padded_ceil_pooling"])
+    weights = random_caffemodel(proto, tmp_path / "ceil.caffemodel")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        emb = embedder.Embedder.load([proto, weights], cache_dir=tmp_path / "cache")
+    assert emb.runtime == "pycaffe" and emb.embed([crop]).shape == (1, emb.dim)
+    assert [str(w.message).count("\n") for w in seen] == [0]
+    assert seen[0].category is embedder.ExportFallbackWarning
+    assert "falling back to pycaffe" in str(seen[0].message) and "pooling" in str(seen[0].message)
+    # an export that fails its check against pycaffe (made strict enough to fail)
+    monkeypatch.setattr(embedder, "export", functools.partial(embedder.export, check="absolute"))
+    light = REPO / "prototxt" / "light" / "deploy.prototxt"
+    with pytest.warns(embedder.ExportFallbackWarning, match="does not match pycaffe"):
+        emb = embedder.Embedder.load([light, untrained], cache_dir=tmp_path / "cache")
+    assert emb.runtime == "pycaffe"
+    with pytest.raises(embedder.ExportCheckError):      # asked for by name: the error
+        embedder.Embedder.load([light, untrained], runtime="onnxruntime",
+                               cache_dir=tmp_path / "cache")
+
+
+def test_the_embedder_warns_once_about_crops_evaluation_would_refuse(tmp_path):
+    import cv2
+    import numpy as np
+
+    from rmnet.deploy.embedder import AspectRatioWarning, Embedder
+    from rmnet.deploy.export import random_caffemodel
+    proto = tmp_path / "ceil.prototxt"
+    proto.write_text(ACCEPTED["depthwise_and_global"].replace("dim: 8 dim: 8", "dim: 16 dim: 8"))
+    weights = random_caffemodel(proto, tmp_path / "w.caffemodel")
+    emb = Embedder.load([proto, weights], runtime="pycaffe")          # input 16x8: ratio 2.00
+    person, wide, strip = (np.zeros(s, np.uint8) for s in ((128, 64, 3), (64, 128, 3),
+                                                          (400, 40, 3)))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        emb.embed([person, person[:100]])                               # within 2x: silent
+    with pytest.warns(AspectRatioWarning) as seen:
+        emb.embed([person, wide, strip, person])
+    assert len(seen) == 1 and str(seen[0].message).startswith(
+        "2 of 4 crops have an aspect ratio (height / width) more than 2x off the model's 2.00")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        emb.embed([wide])                                               # once per Embedder
+    emb = Embedder.load([proto, weights], runtime="pycaffe")
+    paths = []
+    for i, img in enumerate((person, wide)):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), img)
+    with pytest.warns(AspectRatioWarning, match="1 of 2 images"):
+        emb.embed_paths(paths)
+    quiet = Embedder.load([proto, weights], runtime="pycaffe", max_aspect_change=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet.embed([wide])

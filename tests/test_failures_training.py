@@ -205,3 +205,32 @@ def test_a_killed_caffe_is_reported_with_the_likely_cause(dataset, tmp_path):
             os.kill(k, signal.SIGKILL)
     assert failure and isinstance(failure[0], TrainingError)
     assert "killed (SIGKILL), most likely by the kernel for want of memory" in str(failure[0])
+
+
+@pytest.mark.parametrize("how", ["data", "solver"])
+def test_a_training_set_with_no_readable_image_is_refused_before_caffe(tmp_path, how):
+    root = tmp_path / "market"
+    generate(root, SyntheticConfig(train_ids=3, test_ids=2, images_per_id=3, seed=2))
+    train = sorted((root / "bounding_box_train").glob("*.jpg"))
+    for p in train:
+        p.write_bytes(p.read_bytes()[:200])                  # cut before the image data ends
+    run = tmp_path / "run"
+    if how == "data":
+        args = ["--data", str(root), "--run-dir", str(run), "--iters", "4"]
+    else:                                                    # a run rendered while it was fine
+        good = tmp_path / "good"
+        generate(good, SyntheticConfig(train_ids=3, test_ids=2, images_per_id=3, seed=2))
+        prepare_run("light", good, run, 4, log=lambda *_: None)
+        for f in ("solver.prototxt", "train.prototxt", "test.prototxt"):
+            p = run / f
+            if p.exists():
+                p.write_text(p.read_text().replace(str(good.resolve()), str(root.resolve())))
+        args = ["--solver", str(run / "solver.prototxt")]
+    start_time = time.monotonic()
+    r = subprocess.run([*TOOL, *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert f"{root.resolve()}: all {len(train)} training images are unreadable" in line
+    assert "Traceback" not in r.stderr and time.monotonic() - start_time < 60
+    assert not list(run.rglob("*.caffemodel")) and not list(run.rglob("*.solverstate"))
+    assert "Iteration" not in "".join(p.read_text() for p in run.rglob("*.log"))

@@ -6,11 +6,13 @@ long work starts: a folder where a file is wanted (or the reverse), a parent tha
 read-only or otherwise unwritable location. ``command(prog)`` wraps a ``main`` so that an
 ``OSError`` met while writing anyway (a full disk, a location that became unwritable) ends as
 ``prog: <path>: <reason>`` with exit status 2; results already computed were printed before.
+A Python warning raised meanwhile is one line too, ``prog: warning: <message>``.
 """
 from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 
 from rmnet.atomic import OutputError, describe_os_error
@@ -23,8 +25,13 @@ def command(prog: str) -> Callable:
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(*args, **kwargs) -> int:
+            def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+                print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+
             try:
-                return main(*args, **kwargs)
+                with warnings.catch_warnings():
+                    warnings.showwarning = one_line
+                    return main(*args, **kwargs)
             except OutputError as e:
                 print(f"{prog}: {e}", file=sys.stderr, flush=True)
             except OSError as e:

@@ -10,7 +10,9 @@ the caffemodel's stem unless ``--name``. BatchNorm+Scale are folded into the con
 input normalisation stays a Mul+Add (see rmnet/deploy/export.py). Before anything is written, pycaffe
 runs the net on a batch of images (the first 8 image files under ``--images``, or 8 synthetic
 person crops) and each exported model must reproduce its descriptors within ``--tolerance``
-(max abs difference, default 1e-4). The check is printed.
+(default 1e-4 x max(1, max |pycaffe output|): absolute for descriptors up to 1, relative above,
+so random-weight nets with large outputs are not rejected on float32 rounding; ``--absolute`` or
+``--relative`` bounds one of the two alone). The check is printed.
 
 Exit status: 0 exported and checked; 1 the check failed (nothing written); 2 bad input (a layer
 the exporter does not know, a caffemodel that does not fit the prototxt, a missing file or
@@ -43,9 +45,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder of images for the check (default: synthetic person crops)")
     ap.add_argument("--name", help="output file stem (default: the caffemodel's stem)")
     ap.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                    help="max abs difference of the descriptors allowed (default %(default)g)")
-    ap.add_argument("--relative", action="store_true",
-                    help="apply --tolerance to max |diff| / max |pycaffe output| instead")
+                    help="max abs difference of the descriptors allowed, times max(1, max "
+                         "|pycaffe output|) (default %(default)g)")
+    kind = ap.add_mutually_exclusive_group()
+    kind.add_argument("--relative", action="store_true",
+                      help="apply --tolerance to max |diff| / max |pycaffe output| instead")
+    kind.add_argument("--absolute", action="store_true",
+                      help="apply --tolerance to max |diff| alone, whatever the output's scale")
     args = ap.parse_args(argv)
     check_output(args.out, '--out', folder=True)
     for p in (args.prototxt, args.weights):
@@ -55,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = export(args.prototxt, args.weights, args.out, name=args.name,
                         openvino=args.openvino, images=args.images, tolerance=args.tolerance,
-                        relative=args.relative)
+                        check="relative" if args.relative else
+                        "absolute" if args.absolute else "scaled")
     except ExportCheckError as e:
         print("\n".join(e.report.lines()))
         print(f"error: {e}", file=sys.stderr)

@@ -144,19 +144,35 @@ def load_blob(paths: Iterable[str | os.PathLike], height: int, width: int) -> np
     return to_blob([resize_to(load_bgr(p), height, width) for p in paths])
 
 
+# How far (as a factor) an image's aspect ratio may be off the net input's before evaluation
+# refuses it (eval_market --max-aspect-change) and the Embedder warns.
+MAX_ASPECT_CHANGE = 2.0
+
+
+def aspect_off(h: int, w: int, height: int, width: int, max_aspect_change: float) -> bool:
+    """Whether an h x w image's aspect ratio (height / width) is more than
+    ``max_aspect_change`` times off a height x width input's (0: never)."""
+    if not max_aspect_change:
+        return False
+    change = (h / w) / (height / width)
+    return not 1 / max_aspect_change <= change <= max_aspect_change
+
+
 def load_for_input(path: str | os.PathLike, height: int, width: int,
-                   max_aspect_change: float = 0.0) -> np.ndarray:
+                   max_aspect_change: float = 0.0, sizes: list | None = None) -> np.ndarray:
     """One image as uint8 (height, width, 3) BGR for a net input of that size.
 
     ``max_aspect_change``: refuse (``ImageError``) an image whose aspect ratio (height / width)
     is more than this many times off the input's: a landscape picture or a strip is not a
     pedestrian box and would silently give a meaningless descriptor. 0 resizes anything.
+    ``sizes``: a list the image's original (h, w) is appended to.
     """
     img = load_bgr(path)
     h, w = img.shape[:2]
+    if sizes is not None:
+        sizes.append((h, w))
     if max_aspect_change:
-        change = (h / w) / (height / width)
-        if not 1 / max_aspect_change <= change <= max_aspect_change:
+        if aspect_off(h, w, height, width, max_aspect_change):
             raise ImageError(path, f"image is {w}x{h} (width x height), aspect ratio {h / w:.2f}; "
                                    f"the net takes {width}x{height} ({height / width:.2f}), more "
                                    f"than {max_aspect_change:g}x off: not a pedestrian box")
@@ -164,11 +180,12 @@ def load_for_input(path: str | os.PathLike, height: int, width: int,
 
 
 def iter_blobs(paths: Sequence[str | os.PathLike], batch: int, height: int, width: int,
-               max_aspect_change: float = 0.0, workers: int = 1):
+               max_aspect_change: float = 0.0, workers: int = 1, sizes: list | None = None):
     """Yield ``(start, blob)`` for consecutive batches of ``paths`` as float32 (n, 3, H, W)
     blobs (``load_for_input``); the next batch is decoded in ``workers`` threads while the
     caller runs the net on the current one (OpenCV releases the GIL). An unusable image raises
-    its ``ImageError`` when its batch is reached."""
+    its ``ImageError`` when its batch is reached. ``sizes``: collects each image's original
+    (h, w), in no particular order."""
     from concurrent.futures import ThreadPoolExecutor
 
     if batch < 1:
@@ -179,7 +196,7 @@ def iter_blobs(paths: Sequence[str | os.PathLike], batch: int, height: int, widt
         return
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         def submit(start: int) -> list:
-            return [pool.submit(load_for_input, p, height, width, max_aspect_change)
+            return [pool.submit(load_for_input, p, height, width, max_aspect_change, sizes)
                     for p in paths[start:start + batch]]
 
         pending = submit(starts[0])

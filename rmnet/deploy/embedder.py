@@ -24,10 +24,17 @@ What can be loaded (``Embedder.load(path_or_paths, runtime=...)``):
 ``runtime="auto"`` picks the first installed one that can run the files, in the order
 ``openvino > onnxruntime > opencv > pycaffe`` (fastest first, as measured by tools/benchmark.py).
 Asking for a runtime that is not installed, or that cannot read the given files, is an error
-naming it.
+naming it. With ``"auto"`` and Caffe files, a model the exporter cannot convert (a layer it does
+not know, padded ceil-mode pooling) or whose export fails its check against pycaffe runs on
+pycaffe instead, with one ``ExportFallbackWarning`` saying why; asked for by name, the fast
+runtime's failure is the error.
 
 Preprocessing is the nets' own: raw BGR 0..255, resized with ``cv2.INTER_LINEAR`` to the model's
 input height x width (read from the model), no mean or scale (the net normalises its input).
+Crops whose aspect ratio is more than ``max_aspect_change`` (2) times off the input's, which
+``tools/eval_market.py`` refuses as not pedestrian boxes, are embedded all the same, but the first
+call that meets any gives one ``AspectRatioWarning`` naming how many and the expected ratio (once
+per Embedder, so a tracking loop is not flooded).
 
 Backends (also used by rmnet.deploy.export's checks and tools/benchmark.py) share one method,
 ``infer(blob) -> (N, D) float32``: the raw output for a float32 (N, 3, H, W) blob.
@@ -37,20 +44,31 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from rmnet.caffe.caffemodel import sha256_file
-from rmnet.data.images import iter_blobs, resize_to, to_blob
+from rmnet.data.images import MAX_ASPECT_CHANGE, aspect_off, iter_blobs, resize_to, to_blob
 from rmnet.deploy.backends import (RUNTIMES, Backend, OnnxRuntimeBackend, OpenCVBackend,
                                    OpenVINOBackend, PycaffeBackend, RuntimeUnavailable,
                                    available_runtimes, runtime_available)
-from rmnet.deploy.export import export
+from rmnet.deploy.export import ExportCheckError, export
+from rmnet.deploy.graph import ExportError
 from rmnet.eval.metrics import l2_normalize
 
 CACHE_DIRNAME = ".rmnet-export"
+
+
+class AspectRatioWarning(UserWarning):
+    """Crops were embedded whose aspect ratio evaluation would refuse (see the module doc)."""
+
+
+class ExportFallbackWarning(UserWarning):
+    """``Embedder.load(runtime="auto")`` runs a Caffe model on pycaffe because its export to the
+    fast runtime failed (the message says why)."""
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -154,17 +172,35 @@ class Embedder:
     an Embedder made from a bare backend."""
 
     def __init__(self, backend: Backend, batch_size: int = 16,
-                 model_sha256: str | None = None):
+                 model_sha256: str | None = None,
+                 max_aspect_change: float = MAX_ASPECT_CHANGE):
         self.backend = backend
         self.batch_size = int(batch_size)
         self.model_sha256 = model_sha256
+        self.max_aspect_change = float(max_aspect_change)   # 0: no warning
         self._dim: int | None = None
+        self._aspect_warned = False
+
+    def _check_aspects(self, sizes: Sequence[tuple[int, int]], what: str) -> None:
+        """One AspectRatioWarning, the first time crops evaluation would refuse are seen."""
+        if self._aspect_warned or not self.max_aspect_change:
+            return
+        h, w = self.input_size
+        n = sum(aspect_off(ch, cw, h, w, self.max_aspect_change) for ch, cw in sizes)
+        if n:
+            self._aspect_warned = True
+            warnings.warn(f"{n} of {len(sizes)} {what} have an aspect ratio (height / width) "
+                          f"more than {self.max_aspect_change:g}x off the model's {h / w:.2f} "
+                          f"({h}x{w}): not pedestrian boxes, their descriptors are unreliable "
+                          f"(tools/eval_market.py refuses such images); warned once per "
+                          f"Embedder", AspectRatioWarning, stacklevel=3)
 
     @classmethod
     def load(cls, path_or_paths: str | os.PathLike | Sequence[str | os.PathLike],
              runtime: str = "auto", *, cache_dir: str | os.PathLike | None = None,
-             batch_size: int = 16) -> "Embedder":
-        """Load model files on ``runtime`` ("auto": the fastest installed that can run them)."""
+             batch_size: int = 16, max_aspect_change: float = MAX_ASPECT_CHANGE) -> "Embedder":
+        """Load model files on ``runtime`` ("auto": the fastest installed that can run them).
+        ``max_aspect_change``: see the module doc (0: no aspect-ratio warning)."""
         paths = ([path_or_paths] if isinstance(path_or_paths, (str, os.PathLike))
                  else list(path_or_paths))
         if runtime == "auto":
@@ -175,8 +211,19 @@ class Embedder:
                                          f"{', '.join(map(str, paths))} (installed: "
                                          f"{', '.join(available_runtimes()) or 'none'})")
             runtime = usable[0]
+            if "prototxt" in kinds and runtime in ("openvino", "onnxruntime", "opencv"):
+                try:
+                    backend = open_backend(paths, runtime, cache_dir)
+                except (ExportCheckError, ExportError) as e:
+                    backend = PycaffeBackend(kinds["prototxt"], kinds["caffemodel"])
+                    why = " ".join(str(e).split())
+                    warnings.warn(f"{runtime} cannot run {kinds['caffemodel'].name}, falling "
+                                  f"back to pycaffe (slower): {why}", ExportFallbackWarning,
+                                  stacklevel=2)
+                return cls(backend, batch_size, model_sha256=model_sha256(paths),
+                           max_aspect_change=max_aspect_change)
         return cls(open_backend(paths, runtime, cache_dir), batch_size,
-                   model_sha256=model_sha256(paths))
+                   model_sha256=model_sha256(paths), max_aspect_change=max_aspect_change)
 
     @property
     def runtime(self) -> str:
@@ -215,7 +262,7 @@ class Embedder:
             raise TypeError(f"crops must be a list of images, got one array of shape "
                             f"{crops.shape}: pass [crop] for a single crop")
         h, w = self.input_size
-        resized = []
+        resized, sizes = [], []
         for i, crop in enumerate(crops):
             crop = np.asarray(crop)
             if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] < 1 or crop.shape[1] < 1:
@@ -223,7 +270,9 @@ class Embedder:
                                  f"{crop.shape}")
             if crop.dtype != np.uint8:
                 raise ValueError(f"crop {i}: expected uint8 BGR pixels, got {crop.dtype}")
+            sizes.append(crop.shape[:2])
             resized.append(resize_to(crop, h, w))
+        self._check_aspects(sizes, "crops")
         if not resized:
             return np.zeros((0, 3, h, w), np.float32)
         return to_blob(resized)
@@ -238,8 +287,10 @@ class Embedder:
         (``rmnet.data.images.iter_blobs``). Unreadable files raise ``ImageError`` naming the
         file."""
         h, w = self.input_size
+        sizes: list[tuple[int, int]] = []
         out = [self.embed_blob(blob) for _, blob in iter_blobs(paths, batch, h, w,
-                                                                workers=workers)]
+                                                                workers=workers, sizes=sizes)]
+        self._check_aspects(sizes, "images")
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 

@@ -12,9 +12,17 @@ compress_to_fp16=False)``: FP32 weights). Everything is written into a staging d
 ``out_dir`` first and verified there: pycaffe runs the original net on a batch of real images
 (files from a folder, or crops drawn by ``rmnet.data.synthetic``), ONNX Runtime runs the ONNX file and
 OpenVINO the IR, and the largest absolute difference of the output descriptors is reported. Only
-when every difference is within the tolerance (1e-4) are the files moved into place, each
+when every difference is within the tolerance are the files moved into place, each
 atomically (``rmnet.atomic.atomic_path``; the IR's ``.bin`` before its ``.xml``). A failed check
 raises ``ExportCheckError`` and leaves nothing behind.
+
+The check is scale-aware by default: max |diff| <= 1e-4 x max(1, max |pycaffe output|), i.e.
+absolute for descriptors of magnitude up to 1 and relative above. Float32 rounding grows with the
+values, so an untrained or random-weight net whose outputs are in the hundreds (the ResNet-50
+speed baseline, a net before its BatchNorm statistics are learned) differs from Caffe by ~1e-4 in
+absolute terms while agreeing to ~1e-7 of its scale; an absolute check would reject a correct
+export there. Small outputs keep the absolute bound (a relative one would tighten it to nothing
+near zero). ``check="absolute"`` or ``"relative"`` applies the tolerance to one of the two alone.
 
 ``random_caffemodel()`` writes a caffemodel with random but sensible weights (the BatchNorm
 statistics of a fresh ``caffe.Net`` are all zero, factor included) for tests and benchmarks.
@@ -36,7 +44,8 @@ from rmnet.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend, PycaffeBa
 from rmnet.deploy.graph import ExportError, load_graph
 from rmnet.deploy.onnx import to_onnx
 
-DEFAULT_TOLERANCE = 1e-4  # max abs difference of FP32 descriptors accepted by the check
+DEFAULT_TOLERANCE = 1e-4  # max abs difference of FP32 descriptors (x max(1, max |output|))
+CHECKS = ("scaled", "absolute", "relative")   # what the tolerance bounds (see the module doc)
 CHECK_IMAGES = 8          # images in the check batch
 
 
@@ -105,12 +114,20 @@ class ExportReport:
     max_abs_diff: dict[str, float] = field(default_factory=dict)   # runtime -> max |diff|
     max_abs_ref: float = 0.0                                        # max |pycaffe output|
     tolerance: float = DEFAULT_TOLERANCE
-    relative: bool = False     # tolerance on max |diff| / max |pycaffe output| instead
+    check: str = "scaled"      # one of CHECKS: what the tolerance bounds
     folded: int = 0            # BN/Scale layers folded into convolutions
 
+    @property
+    def relative(self) -> bool:
+        return self.check == "relative"
+
     def measure(self, diff: float) -> float:
-        """What the tolerance is compared with: the abs diff, or it relative to the output."""
-        return diff / max(self.max_abs_ref, 1e-30) if self.relative else diff
+        """What the tolerance is compared with: the abs diff divided by max(1, max |output|)
+        (scaled), by max |output| (relative) or by nothing (absolute)."""
+        if self.check == "absolute":
+            return diff
+        ref = max(self.max_abs_ref, 1e-30)
+        return diff / (ref if self.check == "relative" else max(1.0, ref))
 
     @property
     def ok(self) -> bool:
@@ -120,7 +137,8 @@ class ExportReport:
         out = [f"input {self.input_hw[0]}x{self.input_hw[1]} raw BGR, output {self.output!r}; "
                f"{self.folded} BatchNorm/Scale layers folded into convolutions",
                f"check on {self.images} against pycaffe (max |output| {self.max_abs_ref:.4g}):"]
-        kind = "relative tolerance" if self.relative else "tolerance"
+        kind = {"scaled": "tolerance x max(1, max |output|)", "absolute": "absolute tolerance",
+                "relative": "relative tolerance"}[self.check]
         for rt, d in self.max_abs_diff.items():
             verdict = "OK" if self.measure(d) <= self.tolerance else "FAIL"
             rel = d / max(self.max_abs_ref, 1e-30)
@@ -135,13 +153,16 @@ class ExportReport:
 def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str | os.PathLike,
            *, name: str | None = None, openvino: bool = True,
            images: str | os.PathLike | None = None, tolerance: float = DEFAULT_TOLERANCE,
-           relative: bool = False, n_images: int = CHECK_IMAGES) -> ExportReport:
+           relative: bool = False, check: str = "scaled",
+           n_images: int = CHECK_IMAGES) -> ExportReport:
     """Export and verify (see the module doc); returns the report, raises on a failed check.
 
-    ``relative``: compare ``tolerance`` with max |diff| / max |pycaffe output| (for random-weight
-    nets whose outputs are in the hundreds, e.g. the ResNet-50 speed baseline); the default is
-    the absolute difference.
+    ``check``: what ``tolerance`` bounds, one of CHECKS (default scale-aware, see the module
+    doc); ``relative=True`` is ``check="relative"``.
     """
+    check = "relative" if relative else check
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {', '.join(CHECKS)}, got {check!r}")
     prototxt, weights, out_dir = Path(prototxt), Path(weights), Path(out_dir)
     g = load_graph(prototxt, weights)          # every structural error before any writing
     if len(g.outputs) != 1:
@@ -151,7 +172,7 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
     h, w = g.input_hw
     blob, source = check_images(images, h, w, n_images)
     report = ExportReport(str(prototxt), str(weights), output=g.outputs[0], input_hw=(h, w),
-                          images=source, tolerance=tolerance, relative=relative,
+                          images=source, tolerance=tolerance, check=check,
                           folded=g.folded_into_convolutions)
     doc = (f"Exported by rmnet.deploy.export from {prototxt.name} + {weights.name} "
            f"(caffemodel sha256 {caffemodel.sha256_file(weights)[:16]})")
@@ -184,17 +205,16 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
             raise ExportError("no runtime to check the ONNX export with: install onnxruntime "
                               "or openvino (requirements.txt)")
         if not report.ok:
+            rel = max(report.max_abs_diff.values()) / max(report.max_abs_ref, 1e-30)
             raise ExportCheckError(
                 f"export of {prototxt} + {weights} does not match pycaffe: "
                 + ", ".join(f"{rt} max abs diff {d:.3g}" for rt, d in
                             report.max_abs_diff.items())
-                + f" (max |output| {report.max_abs_ref:.4g}; "
-                + ("relative " if relative else "") + f"tolerance {tolerance:g}); "
-                + ("" if relative else
-                   f"relative to the output that is "
-                   f"{max(report.max_abs_diff.values()) / max(report.max_abs_ref, 1e-30):.2g}"
-                   f" (--relative compares that instead, for nets with large outputs); ")
-                + "nothing written", report)
+                + f" (max |output| {report.max_abs_ref:.4g}, so {rel:.2g} of it; {check} "
+                + f"tolerance {tolerance:g}"
+                + ("" if check == "relative"
+                   else "; --relative bounds the relative difference alone")
+                + "); nothing written", report)
         # verified: move into place, each file atomically (the IR's weights before its xml)
         _move_in(onnx_tmp, out_dir / onnx_tmp.name)
         report.onnx = str(out_dir / f"{name}.onnx")

@@ -51,6 +51,7 @@ gallery in the same order, but rounding may break ties differently.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -218,6 +219,10 @@ def stable_order(block: np.ndarray) -> np.ndarray:
     return order
 
 
+class OneIdentityWarning(UserWarning):
+    """A gallery (test split) with fewer than two identities: its scores are meaningless."""
+
+
 def evaluate_rank(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
                   max_rank: int = 20) -> RankResult:
     """CMC, mAP (both conventions) and mINP of a (num_query, num_gallery) distance matrix.
@@ -246,6 +251,11 @@ def evaluate_rank(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
     if int(max_rank) < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     max_rank = int(max_rank)
+    n_ids = len(np.unique(g_pids[g_pids > 0]))
+    if n_ids < 2:
+        warnings.warn(f"the gallery holds {n_ids} identity (besides distractors and junk): "
+                      f"every query looks for the same person, so these scores say nothing "
+                      f"about the model", OneIdentityWarning, stacklevel=2)
 
     ap = np.full(nq, np.nan)
     ap_off = np.full(nq, np.nan)

@@ -236,7 +236,32 @@ def prepare_run(variant: str, data: Path | list[Path], run_dir: Path, iters: int
             overrides[key] = value
     for ds, offset in zip(ts.datasets, ts.offsets):
         log(ds.summary() + (f" (labels from {offset})" if len(ts.datasets) > 1 else ""))
+    check_some_readable(ts)
     return write_run(variant, run_dir, overrides)
+
+
+def check_some_readable(ts) -> None:
+    """TrainingError naming the dataset folder if none of its training images can be read.
+
+    The data layer skips an unreadable image (weight 0) and stops only when none is left, which
+    for a set that is all unreadable (copied wrong, truncated, another format under the right
+    names) would come after Caffe started and maybe wrote snapshots. Here the images are read in
+    order until one decodes: one read for a healthy set, and at most as many as are unreadable."""
+    from rmnet.data.images import ImageError, load_bgr
+
+    for ds in ts.datasets:
+        paths = [r.path for r in ds.train]
+        first = None
+        for p in paths:
+            try:
+                load_bgr(p)
+                break
+            except ImageError as e:
+                first = first or e
+        else:
+            if paths:
+                raise TrainingError(f"{ds.root}: all {len(paths)} training images are unreadable "
+                                    f"(the first: {first}); nothing to train on")
 
 
 # --- checks before `caffe train` ------------------------------------------------------------
@@ -291,9 +316,10 @@ def inspect_solver(solver: str | os.PathLike, cwd: str | os.PathLike = ".") -> S
                     srcs = sources(cfg.root, cfg.format)
                     new = [src for src in srcs if src.root not in roots]
                     if new:
-                        load_train_sets([str(Path(src.root) if Path(src.root).is_absolute()
-                                             else cwd / src.root) for src in new],
-                                        [src.format for src in new], cfg.trainval)
+                        check_some_readable(load_train_sets(
+                            [str(Path(src.root) if Path(src.root).is_absolute() else
+                                 cwd / src.root) for src in new],
+                            [src.format for src in new], cfg.trainval))
                         roots += [src.root for src in new]
                 except DatasetError as e:
                     raise TrainingError(f"{net_path}: data layer: {e}") from None
