@@ -32,6 +32,9 @@
 #   RMNET_CUDA_ARCH_PTX  with --gpu: PTX kept for newer GPUs (default in scripts/caffe/cuda.env)
 #
 # `scripts/setup.sh --verify-source DIR` only checks a downloaded source package in DIR;
+# `scripts/setup.sh --stock-caffe` builds (or finds in the cache) Caffe with only the patches it
+# needs to build (STOCK_PATCHES) and Debian's default OpenBLAS, for benchmarks against the
+# project's build; it does not touch the venv's wiring and prints the build's prefix last;
 # `scripts/setup.sh [--gpu] --print-cmake-flags` prints the CMake flags a build would use;
 # `--print-cuda-apt-sources` the private sources list of the toolkit's install, and
 # `--verify-fatbin LIB` checks a CUDA library's device code as the build does.
@@ -69,19 +72,35 @@ SYSTEM_PACKAGES=(
   build-essential cmake pkg-config
   libboost-system-dev libboost-thread-dev libboost-filesystem-dev libboost-python-dev
   libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev libhdf5-dev
-  libopenblas-dev liblmdb-dev libsnappy-dev
+  libopenblas-dev libopenblas0-openmp liblmdb-dev libsnappy-dev
   python3 python3-dev python3-venv
   dpkg-dev xz-utils patch ca-certificates debian-archive-keyring
 )
 
-# CMake flags; part of the cache key.
+# CMake flags; part of the cache key. OpenMP: the CPU kernels of our layer patches.
 CMAKE_FLAGS=(
   -DCMAKE_BUILD_TYPE=Release
-  -DCPU_ONLY=ON -DBLAS=Open
+  -DCPU_ONLY=ON -DBLAS=Open -DUSE_OPENMP=ON
   -DBUILD_python=ON -DBUILD_python_layer=ON -Dpython_version=3
   -DUSE_OPENCV=OFF -DUSE_LEVELDB=OFF -DUSE_LMDB=ON -DUSE_NCCL=OFF
   -DBUILD_docs=OFF -DBUILD_matlab=OFF
 )
+
+# The project's build (not --stock-caffe) links OpenBLAS's OpenMP variant (Debian's
+# libopenblas0-openmp, beside the default pthread one, which stays the system's choice): the
+# patched layers and the BLAS then share one OpenMP thread pool, and a GEMM called inside a
+# parallel loop runs on its caller's core. With the pthread variant both pools spin on the same
+# cores and the patched step is slower than stock. The library's folder goes into the RPATH.
+OPENMP_BLAS=/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0
+OPENMP_BLAS_FLAGS=(-DOpenBLAS_LIB="$OPENMP_BLAS")
+
+# Caffe's own gtests of the layers our patches change, built with the patched library into
+# <prefix>/test/test.testbin (run by scripts/caffe/gtest.sh); part of the cache key.
+CAFFE_GTESTS=convolution_layer,depthwise_convolution_layer,batch_norm_layer,scale_layer,bias_layer,neuron_layer,scheduled_dropout_layer
+
+# --stock-caffe: Debian's source with only these of our patches (the ones needed to build).
+STOCK_PATCHES=(0001-protobuf-SetTotalBytesLimit-one-argument.patch)
+STOCK=0
 
 # The CUDA build: CMAKE_FLAGS, then these (CMake keeps the last value of a repeated -D).
 # Part of the CUDA build's cache key. PATH_FOR_CUDA: nvcc 11.8 runs ptxas, fatbinary and
@@ -100,9 +119,12 @@ GPU_CMAKE_FLAGS=(
 )
 PATH_FOR_CUDA=/usr/bin:/bin:/usr/sbin:/sbin
 
-# build_flags: the CMake flags of this build (CPU, or CPU + GPU).
+# build_flags: the CMake flags of this build (stock; CPU; or CPU + GPU).
 build_flags() {
   printf '%s\n' "${CMAKE_FLAGS[@]}"
+  if [ "$STOCK" != 1 ]; then
+    printf '%s\n' "${OPENMP_BLAS_FLAGS[@]}" -DBUILD_only_tests="$CAFFE_GTESTS"
+  fi
   if [ "$GPU" = 1 ]; then printf '%s\n' "${GPU_CMAKE_FLAGS[@]}"; fi
 }
 
@@ -262,11 +284,26 @@ step_caffe_source() {
 # 4. caffe build
 dpkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo none; }
 
+# The patches to apply, in order: all of scripts/caffe/patches, or STOCK_PATCHES with --stock-caffe.
+patch_files() {
+  local p
+  if [ "$STOCK" = 1 ]; then
+    for p in "${STOCK_PATCHES[@]}"; do echo "$ROOT/scripts/caffe/patches/$p"; done
+  else
+    for p in "$ROOT"/scripts/caffe/patches/*.patch; do echo "$p"; done
+  fi
+}
+
 cache_key() {
   {
     echo "source $CAFFE_DEBIAN_VERSION $CAFFE_DSC_SHA256"
-    for p in "$ROOT"/scripts/caffe/patches/*.patch; do echo "patch $(basename "$p") $(sha256 "$p")"; done
+    local p
+    while read -r p; do echo "patch $(basename "$p") $(sha256 "$p")"; done < <(patch_files)
     echo "flags ${CMAKE_FLAGS[*]}"
+    if [ "$STOCK" != 1 ]; then
+      echo "gtests $CAFFE_GTESTS"
+      echo "blas ${OPENMP_BLAS_FLAGS[*]} $(dpkg_version libopenblas0-openmp)"
+    fi
     echo "numpy $("$VENV/bin/python" -c 'import numpy; print(numpy.__version__)')"
     echo "python $("$SYSTEM_PYTHON" -c 'import sys; print(sys.version)')"
     echo "gcc $(gcc -dumpfullversion)"
@@ -308,10 +345,11 @@ step_caffe_build() {
   fi
   dpkg-source -x "$SRC_DIR/$DSC_NAME" "$build/src"
   local p
-  for p in "$ROOT"/scripts/caffe/patches/*.patch; do
+  while read -r p; do
+    [ -f "$p" ] || { echo "patch $p not found"; return 1; }
     echo "applying $(basename "$p")"
     patch -d "$build/src" -p1 --forward --batch <"$p"
-  done
+  done < <(patch_files)
   local flags
   mapfile -t flags < <(build_flags)
   cmake -S "$build/src" -B "$build/obj" "${flags[@]}" \
@@ -325,6 +363,15 @@ step_caffe_build() {
       if (pct >= last + 10) { last = pct - pct % 10; printf "    caffe build %d%%\n", last >> fd; fflush(fd) }
     }'
   make -C "$build/obj" install DESTDIR="$stage"
+  if [ "$STOCK" != 1 ]; then
+    progress "building Caffe's gtests of the patched layers ($CAFFE_GTESTS)"
+    make -C "$build/obj" -j"$JOBS" test.testbin
+    mkdir -p "$stage$prefix/test"
+    cp "$build/obj/test/test.testbin" "$stage$prefix/test/"
+    # The OpenMP OpenBLAS must be the one libcaffe loads (see OPENMP_BLAS).
+    ldd "$stage$prefix/lib/libcaffe.so" | grep -q "=> ${OPENMP_BLAS%/*}/" ||
+      { echo "$stage$prefix/lib/libcaffe.so does not load $OPENMP_BLAS:"; ldd "$stage$prefix/lib/libcaffe.so"; return 1; }
+  fi
   if [ "$GPU" = 1 ]; then
     # NCCL beside libcaffe.so (found through its RPATH), so the install does not depend on the
     # download cache; then the fat binary must hold what was asked for, made by CUDA 11.8.
@@ -506,7 +553,18 @@ fi
 if [ "${1:-}" = "--print-cmake-flags" ]; then build_flags; exit; fi
 if [ "${1:-}" = "--print-cuda-apt-sources" ]; then cuda_apt_sources; exit; fi
 if [ "${1:-}" = "--verify-fatbin" ]; then verify_fatbin "${2:?usage: setup.sh --verify-fatbin LIB}"; exit; fi
-[ $# -eq 0 ] || { echo "usage: scripts/setup.sh [--gpu] [--verify-source DIR | --print-cmake-flags | --print-cuda-apt-sources | --verify-fatbin LIB]" >&2; exit 2; }
+if [ "${1:-}" = "--stock-caffe" ]; then
+  STOCK=1
+  [ "$GPU" = 0 ] || { echo "setup: --stock-caffe builds the CPU Caffe only" >&2; exit 2; }
+  mkdir -p "$CACHE/downloads" "$CACHE/caffe" "$LOGDIR"
+  [ -x "$VENV/bin/python" ] || { echo "setup: --stock-caffe needs $VENV: run make setup first" >&2; exit 1; }
+  say "caffe source";  run_step "caffe source" step_caffe_source
+  say "stock caffe build (patches: ${STOCK_PATCHES[*]})"
+  run_step "stock caffe build" step_caffe_build
+  caffe_prefix
+  exit
+fi
+[ $# -eq 0 ] || { echo "usage: scripts/setup.sh [--gpu] [--stock-caffe | --verify-source DIR | --print-cmake-flags | --print-cuda-apt-sources | --verify-fatbin LIB]" >&2; exit 2; }
 
 if [ "$GPU" = 1 ] && [ -z "${RMNET_SETUP_LOGS:-}" ]; then LOGDIR=$ROOT/.setup-logs/gpu; fi
 mkdir -p "$CACHE/downloads" "$CACHE/caffe" "$LOGDIR"

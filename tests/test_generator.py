@@ -300,22 +300,23 @@ def test_dropout_only_in_train_nets_on_every_residual_branch():
     assert {x.dropout_param.dropout_ratio for x in ratio.layer if x.type == "Dropout"} == {0.25}
 
 
-def test_late_switch_off_uses_the_scheduled_dropout_layer():
+def test_late_switch_off_uses_the_native_scheduled_dropout():
     net = render("t2_4_disabled_dropout", "train").net
     drops = [x for x in net.layer if x.name.endswith("/dropout")]
-    assert len(drops) == 36 and {x.type for x in drops} == {"Python"}
+    assert len(drops) == 36 and {x.type for x in drops} == {"Dropout"}
     seeds = set()
     for d in drops:
-        assert (d.python_param.module, d.python_param.layer) == \
-            ("rmnet.layers.dropout", "ScheduledDropoutLayer")
-        p = param_str(d)
-        assert (p["ratio"], p["switch_off_iter"]) == (0.1, 100000)
-        assert [(x.lr_mult, x.decay_mult) for x in d.param] == [(0, 0)]
-        seeds.add(p["seed"])
+        p = d.dropout_param
+        assert (round(p.dropout_ratio, 6), p.switch_off_iter, p.iter_size) == (0.1, 100000, 1)
+        assert [(x.lr_mult, x.decay_mult) for x in d.param] == [(0, 0)]   # the pass counter
+        seeds.add(p.seed)
     assert seeds == set(range(36))                # each block its own mask stream
     other = render("t2_4_disabled_dropout", "train", overrides={"seed": 2}).net
-    assert {param_str(x)["seed"] for x in other.layer if x.name.endswith("/dropout")} == \
+    assert {x.dropout_param.seed for x in other.layer if x.name.endswith("/dropout")} == \
         set(range(2000, 2036))
+    plain = render("t2_3_center", "train").net    # no switch-off: Caffe's plain Dropout
+    assert {x.dropout_param.HasField("switch_off_iter") for x in plain.layer
+            if x.name.endswith("/dropout")} == {False}
 
 
 def test_table2_rows_add_up():
@@ -336,17 +337,18 @@ def test_table2_rows_add_up():
             "feedback": None if fb is None else (list(fb.bottom)[1:], param_str(fb)["weights"]),
             "mining": (data["mining"], data["weighted"]),
             "size": (data["height"], data["width"]),
-            "dropout": {x.type for x in net.values() if x.name.endswith("/dropout")},
+            "dropout": {(x.type, x.dropout_param.switch_off_iter) for x in net.values()
+                        if x.name.endswith("/dropout")},
         }
     rows = {v: summary(v) for v in TABLE2}
     am = (["embedding_calibrated", "label", "sample_weight"], [1.0, 0.0])
     assert rows["t2_1_am_softmax"] == {"am": am, "local": None, "feedback": None,
                                        "mining": (False, False), "size": (160, 64),
-                                       "dropout": {"Dropout"}}
+                                       "dropout": {("Dropout", -1)}}
     assert rows["t2_2_hsm"]["feedback"] == (["loss/am_softmax/per_sample"], [1.0])
     assert rows["t2_2_hsm"]["mining"] == (True, False)
     assert rows["t2_3_center"]["local"] == (True, False, False, None, [1.0, 0.0, 0.0, 0.0])
-    assert rows["t2_4_disabled_dropout"]["dropout"] == {"Python"}
+    assert rows["t2_4_disabled_dropout"]["dropout"] == {("Dropout", 100000)}
     assert rows["t2_5_push"]["local"] == (True, True, False, None, [1.0, 1.0, 0.0, 0.0])
     assert rows["t2_6_glob_push"]["local"] == (True, True, True, None, [1.0, 1.0, 1.0, 0.0])
     assert rows["t2_7_smart_margins"]["local"][3] == {"start": 0.15, "ramp_iters": 40000}
@@ -556,8 +558,8 @@ def test_unknown_proto_field_names_template_and_line(tmp_path):
 
 
 def test_undefined_template_variable_names_template_and_line(tmp_path):
-    d, line = broken_templates(tmp_path, "dropout_ratio: {{ cfg.ratio }}",
-                               "dropout_ratio: {{ cfg.ratoi }}")
+    d, line = broken_templates(tmp_path, "dropout_param { dropout_ratio: {{ cfg.ratio }} }",
+                               "dropout_param { dropout_ratio: {{ cfg.ratoi }} }")
     with pytest.raises(GenerationError) as e:
         render("t2_1_am_softmax", "train", templates_dir=d)
     assert f"blocks.j2 line {line}" in str(e.value) and "ratoi" in str(e.value)
@@ -683,9 +685,11 @@ def test_market_solver_is_the_papers_schedule():
 
 def test_iter_size_reaches_the_layers_that_count_iterations():
     net = render("light", "train", overrides={"solver": {"iter_size": 3}}).net
-    counted = [json.loads(l.python_param.param_str) for l in net.layer
-               if l.python_param.layer in ("ScheduledDropoutLayer", "LocalStructureLossLayer")]
-    assert len(counted) == 37 and all(p["iter_size"] == 3 for p in counted)
+    counted = [json.loads(l.python_param.param_str)["iter_size"] for l in net.layer
+               if l.python_param.layer == "LocalStructureLossLayer"]
+    counted += [l.dropout_param.iter_size for l in net.layer
+                if l.type == "Dropout" and l.dropout_param.HasField("switch_off_iter")]
+    assert len(counted) == 37 and set(counted) == {3}
 
 
 def test_switch_off_after_the_end_of_training_is_refused():
@@ -735,7 +739,8 @@ def test_every_python_layer_of_every_net_is_in_the_registry():
     seen |= {(layer.python_param.module, layer.python_param.layer)
              for layer in render_pretrain(num_classes=2, root="classes").net.layer
              if layer.type == "Python"}
-    # every registered layer is used by some net, and each registered module really has it
-    assert seen == set(PARAM_CONFIGS)
+    # every registered layer is used by some net (but the Python twin of the native scheduled
+    # Dropout, kept for users of stock Caffe), and each registered module really has it
+    assert seen == set(PARAM_CONFIGS) - {("rmnet.layers.dropout", "ScheduledDropoutLayer")}
     for module, cls in PARAM_CONFIGS:
         assert hasattr(importlib.import_module(module), cls)

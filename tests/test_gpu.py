@@ -176,3 +176,40 @@ def test_gpu_check_passes(tmp_path):
     out = run_tool("tools/gpu_check.py", "--out", str(tmp_path))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1].startswith("gpu_check: PASS")
+
+
+@needs_gpu
+def test_scheduled_dropout_draws_the_cpu_masks_on_gpu(caffe, tmp_path):
+    """The native scheduled Dropout's CUDA path against its CPU path: the same masks (a hash of
+    seed, pass and element), the same outputs and gradients (upstream gradient not 1), the
+    same counter, and the identity after the switch-off."""
+    net_path = tmp_path / "drop.prototxt"
+    net_path.write_text(
+        'force_backward: true\n'
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 3 dim: 4 dim: 5 dim: 6 } } }\n'
+        'layer { name: "drop" type: "Dropout" bottom: "x" top: "y" param { lr_mult: 0 decay_mult: 0 }\n'
+        '  dropout_param { dropout_ratio: 0.3 switch_off_iter: 3 iter_size: 1 seed: 5 } }\n')
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)
+    g = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)
+
+    def passes(mode: str) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        gpucheck.set_mode(mode)
+        net = caffe.Net(str(net_path), caffe.TRAIN)
+        out = []
+        for _ in range(5):
+            net.blobs["x"].data[...] = x
+            net.forward()
+            net.blobs["y"].diff[...] = g
+            net.backward()
+            out.append((net.blobs["y"].data.copy(), net.blobs["x"].diff.copy(),
+                        float(net.params["drop"][0].data.flat[0])))
+        return out
+
+    gpu, cpu = passes("gpu"), passes("cpu")
+    for i, ((yg, dg, cg), (yc, dc, cc)) in enumerate(zip(gpu, cpu)):
+        np.testing.assert_array_equal(yg, yc, err_msg=f"forward pass {i}")
+        np.testing.assert_array_equal(dg, dc, err_msg=f"backward pass {i}")
+        assert cg == cc == i + 1
+    assert (cpu[0][0] == 0).any() and not (cpu[4][0] == 0).any()      # masked, then identity
+    np.testing.assert_array_equal(cpu[4][1], g)

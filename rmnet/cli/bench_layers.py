@@ -16,8 +16,8 @@ RMNet 160x64 forward + backward at the same batch size.
 - RMNet: the generated deploy net (``--deploy``, default prototxt/light/deploy.prototxt) with its
   Input resized to the batch, ``force_backward``, in the TRAIN phase (BatchNorm on batch
   statistics, as in training), random pixels, a random gradient on the output blob. The train
-  net's Python dropout layers are not in the deploy net, so the true training step is a bit
-  slower than this reference, which makes the ratio a slight over-estimate.
+  net's dropout layers are not in the deploy net, so the true training step is a bit slower
+  than this reference, which makes the ratio a slight over-estimate.
 
 Times are medians over ``--repeats`` (after one warm-up pass), wall clock, CPU Caffe with the
 threads OpenBLAS chooses. Numbers only: nothing is asserted.
@@ -29,9 +29,10 @@ threads OpenBLAS chooses. Numbers only: nothing is asserted.
   Power layer on the labels: the miner's work does not depend on the values. Target: >= 1,000
   images/s on this 2-core machine, so a GPU would not wait on it.
 - Dropout switch-off cost (``--dropout-cost``): a full training step (forward + backward, losses
-  included, data from an Input layer) of the light train net with the 36 scheduled Python
-  dropout layers, against the same net with Caffe's own Dropout layer (``switch_off_iter:
-  null``), at ``--dropout-batch`` (default 32); medians of ``--rmnet-repeats``.
+  included, data from an Input layer) of the light train net with its 36 scheduled Dropout
+  layers (the project Caffe's ``switch_off_iter`` option), against the same net with Caffe's
+  plain Dropout (``switch_off_iter: null``), at ``--dropout-batch`` (default 32); medians of
+  ``--rmnet-repeats``.
 """
 from __future__ import annotations
 
@@ -218,7 +219,7 @@ def bench_data(caffe, args) -> dict:
 
 
 def bench_dropout_cost(caffe, args) -> tuple[float, float]:
-    """(Caffe Dropout, scheduled Python dropout) ms per training step of the light train net.
+    """(Caffe Dropout, scheduled Dropout) ms per training step of the light train net.
 
     The two nets' steps alternate (A B A B ...), so load from other processes hits both alike."""
     from rmnet.generator import render
@@ -226,7 +227,7 @@ def bench_dropout_cost(caffe, args) -> tuple[float, float]:
     rng = np.random.default_rng(0)
     nets = {}
     for label, dropout in (("Caffe Dropout", {"switch_off_iter": None}),
-                           ("scheduled Python dropout", {"switch_off_iter": 100000})):
+                           ("scheduled Dropout", {"switch_off_iter": 100000})):
         net_param = render("light", "train", overrides={
             "dropout": dropout, "data": {"batch_size": args.dropout_batch}}).net
         net = net_from_param(without_data_layer(net_param, drop_feedback=True), "TRAIN")
@@ -249,7 +250,7 @@ def bench_dropout_cost(caffe, args) -> tuple[float, float]:
     for label, t in med.items():
         print(f"  {label:26s} {t * 1e3:10.1f} ms per step (batch {args.dropout_batch}, "
               f"median of {args.rmnet_repeats}, alternating)")
-    base, sched = med["Caffe Dropout"], med["scheduled Python dropout"]
+    base, sched = med["Caffe Dropout"], med["scheduled Dropout"]
     print(f"dropout switch-off cost: {100 * (sched - base) / base:+.1f}% per training step")
     return base, sched
 

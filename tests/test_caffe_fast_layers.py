@@ -1,0 +1,362 @@
+"""The project's Caffe patches for fast CPU training (scripts/caffe/patches), through pycaffe.
+
+Each patched layer against numpy's float64 maths of the same layer and against central
+differences, with a random upstream gradient (not ones), batches > 1, odd sizes and strides:
+- 1x1 convolutions (the batch split across OpenMP threads), with and without bias, several
+  bottoms;
+- depthwise convolutions (group == channels == num_output: the direct path), strides 1-3,
+  padding, dilation, rectangular kernels; and a grouped convolution that is not depthwise
+  (Caffe's generic path) as a control;
+- BatchNorm (batch statistics and global statistics, in place as in the nets) followed by
+  Scale with a bias term, and Scale/Bias alone;
+- ELU, including large negative inputs.
+The scheduled Dropout option is tested in tests/test_dropout.py; Caffe's own gtests of these
+layers run in tests/test_caffe_gtests.py.
+"""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import numeric_grad
+
+
+def make_net(caffe, tmp_path: Path, shapes: dict[str, tuple], layers: str, phase="TRAIN"):
+    inputs = "\n".join(
+        f'layer {{ name: "in_{n}" type: "Input" top: "{n}" '
+        f'input_param {{ shape {{ {" ".join(f"dim: {d}" for d in s)} }} }} }}'
+        for n, s in shapes.items())
+    path = tmp_path / "net.prototxt"
+    path.write_text(f'name: "t"\nforce_backward: true\n{inputs}\n{textwrap.dedent(layers)}')
+    return caffe.Net(str(path), getattr(caffe, phase))
+
+
+def run(net, inputs: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+    for k, v in inputs.items():
+        net.blobs[k].data[...] = v
+    net.forward()
+    for k, g in grads.items():
+        net.blobs[k].diff[...] = g
+    net.backward()
+
+
+def weighted_loss(net, inputs, grads):
+    """f() = sum(top * g) in float64: its gradient w.r.t. anything is what backward computes."""
+    def f() -> float:
+        for k, v in inputs.items():
+            net.blobs[k].data[...] = v
+        net.forward()
+        return float(sum((net.blobs[k].data.astype(np.float64) * g).sum()
+                         for k, g in grads.items()))
+    return f
+
+
+def conv_ref(x, w, b, stride, pad, dilation, group):
+    """Direct float64 convolution (N C H W, weights Cout x Cin/g x KH x KW)."""
+    n, c, h, wd = x.shape
+    cout, cin_g, kh, kw = w.shape
+    sh, sw = stride
+    ph, pw = pad
+    dh, dw = dilation
+    oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    ow = (wd + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
+    xp[:, :, ph:ph + h, pw:pw + wd] = x
+    out = np.zeros((n, cout, oh, ow))
+    per_group = cout // group
+    for o in range(cout):
+        g = o // per_group
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * cin_g:(g + 1) * cin_g,
+                           i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                           j * dw:j * dw + sw * (ow - 1) + 1:sw]
+                out[:, o] += np.einsum("nchw,c->nhw", patch, w[o, :, i, j])
+    if b is not None:
+        out += b[None, :, None, None]
+    return out
+
+
+def conv_grads_ref(x, w, b, dy, stride, pad, dilation, group):
+    """(dx, dw, db) of sum(conv_ref(x) * dy) in float64. The convolution is linear in x and in
+    w separately, so each gradient entry is the loss of a unit probe: exact, independent of the
+    path Caffe takes."""
+    dx = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = 1.0
+        dx[idx] = (conv_ref(e, w, None, stride, pad, dilation, group) * dy).sum()
+    dw = np.zeros_like(w)
+    for idx in np.ndindex(w.shape):
+        e = np.zeros_like(w)
+        e[idx] = 1.0
+        dw[idx] = (conv_ref(x, e, None, stride, pad, dilation, group) * dy).sum()
+    db = dy.sum(axis=(0, 2, 3)) if b is not None else None
+    return dx, dw, db
+
+
+CONV_CASES = [
+    # name, (N, C, H, W), num_output, kernel (h, w), stride, pad, dilation, group, bias
+    ("1x1", (3, 6, 5, 7), 4, (1, 1), 1, 0, 1, 1, True),
+    ("1x1 no bias, wide", (2, 3, 3, 9), 8, (1, 1), 1, 0, 1, 1, False),
+    ("depthwise 3x3 s1", (2, 5, 7, 5), 5, (3, 3), 1, 1, 1, 5, True),
+    ("depthwise 3x3 s2", (3, 4, 9, 6), 4, (3, 3), 2, 1, 1, 4, True),
+    ("depthwise 3x2 s3 dil2", (2, 3, 11, 9), 3, (3, 2), 3, 2, 2, 3, False),
+    ("grouped, not depthwise", (2, 4, 6, 5), 6, (3, 3), 2, 1, 1, 2, True),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_convolution_paths_match_numpy(caffe, tmp_path, case):
+    _, shape, cout, (kh, kw), stride, pad, dil, group, bias = case
+    net = make_net(caffe, tmp_path, {"x": shape}, f"""
+        layer {{ name: "conv" type: "Convolution" bottom: "x" top: "y"
+          convolution_param {{ num_output: {cout} kernel_h: {kh} kernel_w: {kw} stride: {stride}
+            pad: {pad} dilation: {dil} group: {group} bias_term: {str(bias).lower()}
+            weight_filler {{ type: "gaussian" std: 0.5 }} bias_filler {{ type: "gaussian" }} }} }}
+    """)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = net.params["conv"][0].data.astype(np.float64)
+    b = net.params["conv"][1].data.astype(np.float64) if bias else None
+    y = conv_ref(x.astype(np.float64), w, b, (stride,) * 2, (pad,) * 2, (dil,) * 2, group)
+    dy = rng.standard_normal(y.shape).astype(np.float32) * 1.3
+    for p in net.params["conv"]:
+        p.diff[...] = 0
+    run(net, {"x": x}, {"y": dy})
+    np.testing.assert_allclose(net.blobs["y"].data, y, rtol=1e-4, atol=1e-4)
+    dx, dw, db = conv_grads_ref(x.astype(np.float64), w, b, dy.astype(np.float64),
+                                (stride,) * 2, (pad,) * 2, (dil,) * 2, group)
+    np.testing.assert_allclose(net.blobs["x"].diff, dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(net.params["conv"][0].diff, dw, rtol=1e-4, atol=1e-3)
+    if bias:
+        np.testing.assert_allclose(net.params["conv"][1].diff, db, rtol=1e-4, atol=1e-4)
+    # parameter gradients accumulate over backward passes (the solver clears them)
+    before = net.params["conv"][0].diff.copy()
+    net.backward()
+    np.testing.assert_allclose(net.params["conv"][0].diff, 2 * before, rtol=1e-5, atol=1e-5)
+    # and the input gradient by central differences through Caffe, on a few entries
+    for idx in [(0,) * 4, tuple(s - 1 for s in shape), (1, shape[1] // 2, shape[2] // 2, 1)]:
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += 0.5
+        xm[idx] -= 0.5
+        numeric = (weighted_loss(net, {"x": xp}, {"y": dy})()
+                   - weighted_loss(net, {"x": xm}, {"y": dy})())
+        assert numeric == pytest.approx(dx[idx], rel=1e-3, abs=1e-3), idx
+
+
+def test_1x1_convolution_with_two_bottoms(caffe, tmp_path):
+    """Each bottom has its own top; the weight gradient sums over both."""
+    shape = (2, 3, 4, 5)
+    net = make_net(caffe, tmp_path, {"a": shape, "b": shape}, """
+        layer { name: "conv" type: "Convolution" bottom: "a" bottom: "b" top: "ya" top: "yb"
+          convolution_param { num_output: 2 kernel_size: 1
+            weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" } } }
+    """)
+    rng = np.random.default_rng(2)
+    a, b = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    ga, gb = (rng.standard_normal((2, 2, 4, 5)).astype(np.float32) for _ in range(2))
+    for p in net.params["conv"]:
+        p.diff[...] = 0
+    run(net, {"a": a, "b": b}, {"ya": ga, "yb": gb})
+    w = net.params["conv"][0].data[:, :, 0, 0].astype(np.float64)
+    bias = net.params["conv"][1].data.astype(np.float64)
+    for x, top in ((a, "ya"), (b, "yb")):
+        np.testing.assert_allclose(net.blobs[top].data,
+                                   np.einsum("oc,nchw->nohw", w, x) + bias[None, :, None, None],
+                                   rtol=1e-5, atol=1e-5)
+    dw = np.einsum("nohw,nchw->oc", ga, a) + np.einsum("nohw,nchw->oc", gb, b)
+    np.testing.assert_allclose(net.params["conv"][0].diff[:, :, 0, 0], dw, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(net.params["conv"][1].diff, (ga + gb).sum(axis=(0, 2, 3)),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(net.blobs["b"].diff, np.einsum("oc,nohw->nchw", w, gb),
+                               rtol=1e-4, atol=1e-5)
+
+
+BN_SCALE = """
+    layer { name: "bn" type: "BatchNorm" bottom: "x" top: "y" BN_PARAM }
+    layer { name: "scale" type: "Scale" bottom: "y" top: "y"
+      scale_param { bias_term: true filler { type: "gaussian" std: 1 }
+                    bias_filler { type: "gaussian" std: 1 } } }
+"""
+
+
+def bn_scale_ref(x, gamma, beta, eps=1e-5):
+    mu = x.mean(axis=(0, 2, 3), keepdims=True)
+    var = x.var(axis=(0, 2, 3), keepdims=True)
+    xn = (x - mu) / np.sqrt(var + eps)
+    return xn * gamma[None, :, None, None] + beta[None, :, None, None], mu, var
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (1, 5, 3, 3), (7, 2, 1, 1)])
+def test_batchnorm_scale_train_mode(caffe, tmp_path, shape):
+    """BatchNorm on batch statistics, in place into Scale with a bias (as the nets use them):
+    the output, running statistics, every gradient, against numpy and finite differences."""
+    net = make_net(caffe, tmp_path, {"x": shape},
+                   BN_SCALE.replace("BN_PARAM", "batch_norm_param { use_global_stats: false }"))
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma = net.params["scale"][0].data.astype(np.float64)
+    beta = net.params["scale"][1].data.astype(np.float64)
+    for p in net.params["scale"]:
+        p.diff[...] = 0
+    run(net, {"x": x}, {"y": dy})
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    y, mu, var = bn_scale_ref(x64, gamma, beta)
+    np.testing.assert_allclose(net.blobs["y"].data, y, rtol=1e-4, atol=1e-4)
+    m = x.size // shape[1]
+    # running statistics: one update from zero, variance with the m/(m-1) correction
+    np.testing.assert_allclose(net.params["bn"][0].data, mu.ravel(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(net.params["bn"][1].data,
+                               var.ravel() * (m / (m - 1) if m > 1 else 1), rtol=1e-4, atol=1e-5)
+    assert net.params["bn"][2].data[0] == 1
+    xn = (x64 - mu) / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(net.params["scale"][0].diff, (dy64 * xn).sum(axis=(0, 2, 3)),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(net.params["scale"][1].diff, dy64.sum(axis=(0, 2, 3)),
+                               rtol=1e-4, atol=1e-4)
+    analytic = net.blobs["x"].diff.astype(np.float64)
+    xs = x64.copy()
+    numeric = numeric_grad(lambda: bn_scale_ref(xs, gamma, beta)[0].ravel() @ dy64.ravel(), xs)
+    np.testing.assert_allclose(analytic, numeric, rtol=2e-3, atol=2e-4)
+    if m > 1:
+        assert np.abs(analytic).max() > 1e-3
+
+
+def test_batchnorm_global_stats_and_scale(caffe, tmp_path):
+    shape = (3, 4, 5, 3)
+    net = make_net(caffe, tmp_path, {"x": shape},
+                   BN_SCALE.replace("BN_PARAM", "batch_norm_param { use_global_stats: true }"),
+                   phase="TEST")
+    rng = np.random.default_rng(4)
+    mean, var, factor = rng.standard_normal(4), rng.uniform(0.5, 2, 4), 2.5
+    net.params["bn"][0].data[...] = mean * factor
+    net.params["bn"][1].data[...] = var * factor
+    net.params["bn"][2].data[...] = factor
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    run(net, {"x": x}, {"y": dy})
+    sd = np.sqrt(var + 1e-5)[None, :, None, None]
+    gamma = net.params["scale"][0].data.astype(np.float64)[None, :, None, None]
+    beta = net.params["scale"][1].data.astype(np.float64)[None, :, None, None]
+    np.testing.assert_allclose(net.blobs["y"].data, (x - mean[None, :, None, None]) / sd * gamma
+                               + beta, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(net.blobs["x"].diff, dy * gamma / sd, rtol=1e-4, atol=1e-5)
+
+
+def test_scale_with_a_bottom_scale_and_axis(caffe, tmp_path):
+    """Scale by a second bottom over axes 1-2 (not the parameter path): diffs of both bottoms."""
+    net = make_net(caffe, tmp_path, {"x": (2, 3, 4, 5), "s": (3, 4)}, """
+        layer { name: "scale" type: "Scale" bottom: "x" bottom: "s" top: "y"
+                scale_param { axis: 1 } }
+    """)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    s = rng.standard_normal((3, 4)).astype(np.float32)
+    dy = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    run(net, {"x": x, "s": s}, {"y": dy})
+    np.testing.assert_allclose(net.blobs["y"].data, x * s[None, :, :, None], rtol=1e-6)
+    np.testing.assert_allclose(net.blobs["x"].diff, dy * s[None, :, :, None], rtol=1e-6)
+    np.testing.assert_allclose(net.blobs["s"].diff, (dy * x).sum(axis=(0, 3)), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_elu_forward_and_gradient(caffe, tmp_path):
+    shape = (3, 5, 7, 9)
+    net = make_net(caffe, tmp_path, {"x": shape}, """
+        layer { name: "elu" type: "ELU" bottom: "x" top: "y" elu_param { alpha: 0.7 } }
+    """)
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    x.flat[:6] = [-200.0, -87.5, -30.0, -1e-7, 0.0, 1e-7]
+    dy = rng.standard_normal(shape).astype(np.float32)
+    run(net, {"x": x}, {"y": dy})
+    x64 = x.astype(np.float64)
+    y = np.where(x64 > 0, x64, 0.7 * np.expm1(np.minimum(x64, 0)))
+    np.testing.assert_allclose(net.blobs["y"].data, y, rtol=3e-6, atol=2e-7)
+    np.testing.assert_allclose(net.blobs["x"].diff, dy * np.where(x64 > 0, 1.0, y + 0.7),
+                               rtol=1e-5, atol=1e-7)
+    # central differences away from the kink at 0
+    f = weighted_loss(net, {"x": x}, {"y": dy})
+    analytic = net.blobs["x"].diff.copy()
+    for idx in [(0, 1, 2, 3), (2, 4, 6, 8), (1, 0, 0, 5)]:
+        if abs(x[idx]) < 0.05:
+            continue
+        old = x[idx]
+        x[idx] = old + 1e-2
+        plus = f()
+        x[idx] = old - 1e-2
+        minus = f()
+        x[idx] = old
+        assert (plus - minus) / 2e-2 == pytest.approx(analytic[idx], rel=5e-3, abs=1e-3), idx
+
+
+def test_elu_in_place(caffe, tmp_path):
+    """In place (as the nets use it) the backward pass reads the output as its input."""
+    shape = (2, 3, 4, 5)
+    net = make_net(caffe, tmp_path, {"x": shape}, """
+        layer { name: "copy" type: "Power" bottom: "x" top: "h" }
+        layer { name: "elu" type: "ELU" bottom: "h" top: "h" }
+    """)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    run(net, {"x": x}, {"h": dy})
+    y = np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+    np.testing.assert_allclose(net.blobs["h"].data, y, rtol=3e-6, atol=2e-7)
+    np.testing.assert_allclose(net.blobs["x"].diff, dy * np.where(x > 0, 1.0, y + 1.0),
+                               rtol=1e-5, atol=1e-7)
+
+
+THREADS_SCRIPT = """
+import sys, numpy as np, caffe
+caffe.set_mode_cpu()
+net = caffe.Net(sys.argv[1], caffe.TRAIN)
+rng = np.random.default_rng(3)
+net.params["conv"][0].data[...] = rng.standard_normal(net.params["conv"][0].data.shape)
+net.params["conv"][1].data[...] = rng.standard_normal(net.params["conv"][1].data.shape)
+net.blobs["x"].data[...] = rng.standard_normal(net.blobs["x"].data.shape)
+net.forward()
+net.blobs["y"].diff[...] = rng.standard_normal(net.blobs["y"].data.shape) * 0.7
+for p in net.params["conv"]:
+    p.diff[...] = 0
+net.backward()
+np.savez(sys.argv[2], y=net.blobs["y"].data, dx=net.blobs["x"].diff,
+         dw=net.params["conv"][0].diff, db=net.params["conv"][1].diff)
+"""
+
+
+def test_1x1_convolution_gives_the_same_result_on_any_thread_count(caffe, tmp_path):
+    """The batch is split into per-thread image ranges with private gradient sums: 1 thread
+    (the stock loop), 2, and 3 threads on 5 images (uneven ranges) agree to float rounding,
+    and the same thread count gives the same bits twice."""
+    import os
+    import subprocess
+    import sys
+
+    net_path = tmp_path / "conv.prototxt"
+    net_path.write_text(
+        'force_backward: true\n'
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 5 dim: 6 dim: 4 dim: 3 } } }\n'
+        'layer { name: "conv" type: "Convolution" bottom: "x" top: "y"\n'
+        '  convolution_param { num_output: 7 kernel_size: 1 } }\n')
+    results = {}
+    for run_no, threads in enumerate((1, 2, 3, 3)):
+        out = tmp_path / f"r{run_no}.npz"
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), GLOG_minloglevel="2")
+        done = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(net_path), str(out)],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[run_no] = dict(np.load(out))
+    for run_no in (1, 2):
+        for key, ref in results[0].items():
+            np.testing.assert_allclose(results[run_no][key], ref, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{key}, {(1, 2, 3)[run_no]} threads")
+    for key in results[2]:
+        np.testing.assert_array_equal(results[2][key], results[3][key], err_msg=key)
+    # the weight gradient really is a sum over all five images
+    assert np.abs(results[0]["dw"]).max() > 0.1
