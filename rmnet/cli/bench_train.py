@@ -54,6 +54,7 @@ from rmnet.cli.errors import command  # noqa: E402
 from rmnet.paths import REPO  # noqa: E402
 
 PAPER_ITERS = 150_000
+NUDGE = 1e-7          # relative perturbation of the weights for the loss-curve noise floor
 
 
 # --- nets -------------------------------------------------------------------------------------
@@ -92,7 +93,7 @@ def prepare(workdir: Path, data: Path | None, batch: int, switch_off_iter: int |
         data = workdir / "market"
         log(f"writing a synthetic dataset to {data}")
         generate(data, SyntheticConfig(seed=0))
-    extra: dict = {} if mining else {"data": {"mining": False}}
+    extra: dict = {} if mining else {"hsm": {"enabled": False, "weighted": False}}
     if switch_off_iter is not None:
         extra["dropout"] = {"switch_off_iter": switch_off_iter}
     paths = prepare_run("light", data, workdir / "run", None, batch_size=batch, extra=extra,
@@ -163,6 +164,13 @@ def worker(args) -> int:
     solver = caffe.SGDSolver(args.solver)
     net = solver.net
     net.copy_from(args.init)
+    if args.nudge:
+        # every weight times (1 + nudge * N(0, 1)): a float32-rounding-sized perturbation
+        rng = np.random.default_rng(1)
+        for blobs in net.params.values():
+            for blob in blobs:
+                blob.data[...] *= (1 + args.nudge * rng.standard_normal(blob.data.shape)
+                                   ).astype(np.float32)
     sp = text_format.Parse(Path(args.solver).read_text(), caffe_pb2.SolverParameter())
     net_param = text_format.Parse(Path(sp.net).read_text(), caffe_pb2.NetParameter())
     outputs = list(net.outputs)
@@ -232,7 +240,8 @@ def patched_prefix() -> str:
 
 
 def run_worker(build: str, prefix: str, solver: str, init: str, steps: int, warmup: int,
-               layer_passes: int, tmp: Path, threads: int | None = None) -> dict:
+               layer_passes: int, tmp: Path, threads: int | None = None,
+               nudge: float = 0.0) -> dict:
     result = tmp / f"result_{build}_{time.monotonic_ns()}.json"
     env = dict(os.environ)
     if threads:
@@ -241,9 +250,9 @@ def run_worker(build: str, prefix: str, solver: str, init: str, steps: int, warm
         [str(Path(prefix) / "lib" / "python3" / "dist-packages"), str(REPO)]
         + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["LD_LIBRARY_PATH"] = str(Path(prefix) / "lib")
-    cmd = [sys.executable, "-m", "rmnet.cli.bench_train", "--worker", "--prefix", prefix, "--solver", solver,
-           "--init", init, "--result", str(result), "--steps", str(steps),
-           "--warmup", str(warmup), "--layer-passes", str(layer_passes)]
+    cmd = [sys.executable, "-m", "rmnet.cli.bench_train", "--worker", "--prefix", prefix,
+           "--solver", solver, "--init", init, "--result", str(result), "--steps", str(steps),
+           "--warmup", str(warmup), "--layer-passes", str(layer_passes), "--nudge", str(nudge)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"bench_train: the {build} worker failed ({prefix}):\n"
@@ -294,10 +303,14 @@ def report(data: dict) -> str:
                  f"{1e3 * sum(p['per_layer'].values()):10.1f}")
     lines += ["", f"loss curve, first {len(data['curve_stock'])} iterations from the same weights "
               f"and batches ({data['curve_note']}):",
-              f"  {'iter':>4s}  {'stock total':>12s}  {'patched total':>13s}  {'max rel. diff':>13s}"]
-    for i, (a, b, d) in enumerate(zip(data["curve_stock"], data["curve_patched"],
-                                      data["curve_rel_diff"])):
-        lines.append(f"  {i:4d}  {sum(a.values()):12.6f}  {sum(b.values()):13.6f}  {d:13.2e}")
+              f"  {'iter':>4s}  {'stock total':>12s}  {'patched total':>13s}  {'max rel. diff':>13s}"
+              f"  {'noise':>9s}"]
+    for i, (a, b, d, n) in enumerate(zip(data["curve_stock"], data["curve_patched"],
+                                         data["curve_rel_diff"], data["curve_noise"])):
+        lines.append(f"  {i:4d}  {sum(a.values()):12.6f}  {sum(b.values()):13.6f}  {d:13.2e}"
+                     f"  {n:9.2e}")
+    lines.append(f"  noise: the patched build against itself from the same weights times "
+                 f"(1 + {NUDGE:g} N(0, 1)), i.e. how far float32 rounding alone moves the curve")
     return "\n".join(lines) + "\n"
 
 
@@ -329,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--solver", help=argparse.SUPPRESS)
     ap.add_argument("--init", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--nudge", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -358,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"loss curve: {build}, {args.curve_iters} iterations")
             curves[build] = run_worker(build, prefix, curve_files[build], curve_files["init"],
                                        args.curve_iters, 0, 0, tmp, args.threads)["curve"]
+        log(f"loss curve: patched from nudged weights (noise floor), {args.curve_iters} iterations")
+        curves["noise"] = run_worker("patched", patched, curve_files["patched"],
+                                     curve_files["init"], args.curve_iters, 0, 0, tmp,
+                                     args.threads, nudge=NUDGE)["curve"]
         for r in range(args.rounds):
             sgemm_runs.append(measure_sgemm())
             for build, prefix in (("stock", stock), ("patched", patched)):
@@ -400,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     data["curve_stock"] = curves["stock"]
     data["curve_patched"] = curves["patched"]
     data["curve_rel_diff"] = curve_deviation(data["curve_stock"], data["curve_patched"])
+    data["curve_noise"] = curve_deviation(data["curve_patched"], curves["noise"])
     data["curve_note"] = ", ".join([
         "dropout on in both, masks differ" if args.curve_dropout
         else "dropout switched off from iteration 0 in both",
