@@ -39,7 +39,7 @@ import numpy as np
 
 from rmnet.atomic import atomic_path
 from rmnet.caffe import caffemodel
-from rmnet.caffe.pycaffe import import_caffe
+from rmnet.caffe.pycaffe import import_caffe, save_net
 from rmnet.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend, PycaffeBackend, runtime_available
 from rmnet.deploy.graph import ExportError, load_graph
 from rmnet.deploy.onnx import to_onnx
@@ -292,5 +292,5 @@ def random_caffemodel(prototxt: str | os.PathLike, out: str | os.PathLike,
                 blobs[1].data[...] = rng.normal(0, 0.1, c)
     out = Path(out)
     with atomic_path(out) as tmp:
-        net.save(str(tmp))
+        save_net(net, tmp)
     return out
