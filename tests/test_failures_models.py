@@ -297,6 +297,32 @@ def test_a_gallery_build_on_a_full_disk_leaves_nothing(tmp_path, small_fs):  # n
     assert sorted(p.name for p in mnt.iterdir()) == ["filler"]      # not even the folder
 
 
+@pytest.mark.parametrize("openvino", [False, True])
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, openvino):
+    """ONNX's writer raises an OSError naming no file, OpenVINO's a bare RuntimeError: both are
+    the one line naming the file; the --out folder the export made is removed again."""
+    from rmnet.cli import export
+    from rmnet.deploy.export import random_caffemodel
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    size = "5m" if openvino else "64k"             # 5 MiB, 1 filled: the ONNX file fits
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        weights = random_caffemodel(LIGHT, tmp_path / "w.caffemodel")
+        with open(mnt / "filler", "wb") as f:
+            f.write(b"\0" * ((1 << 20) if openvino else (64 << 10) - 4096))
+        args = ["--prototxt", LIGHT, "--weights", weights, "--out", mnt / "exp"]
+        code, _, err = run_main(export.main, args + (["--openvino"] if openvino else []))
+        line = one_line(err)
+        assert code == 2 and "No space left on device" in line and str(mnt / "exp") in line
+        assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
+    finally:
+        # lazily: OpenVINO may still map the (deleted) staged weights until it is collected
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def test_the_net_generator_refuses_a_read_only_location(tmp_path, small_fs):  # noqa: F811
     mnt, _, read_only = small_fs
     read_only()
