@@ -194,3 +194,13 @@ def check_output(path: str | os.PathLike | None, option: str, folder: bool = Fal
         raise OutputError(f"{option} {path}: {where} is a file, not a folder")
     if not os.access(where, os.W_OK | os.X_OK):
         raise OutputError(f"{option} {path}: {where} is not writable")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` (a temporary path of ``atomic_path``, usually); an OSError
+    (ENOSPC, EIO, ...) names ``path``, as the one-line errors of the command lines need."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None

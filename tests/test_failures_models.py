@@ -1,11 +1,15 @@
 """Damaged and inconsistent models under failure: a deploy net Caffe would abort on (an Eltwise
 over blobs of different shapes, and the other shape checks Caffe makes while it builds a net) is
 one line naming the layer before Caffe sees it, on every path that loads through pycaffe; and
-what Caffe accepts is never refused (each refusal below is shown to abort a real Caffe)."""
+what Caffe accepts is never refused (each refusal below is shown to abort a real Caffe). Then
+the export check's scale, the Embedder's fallback to pycaffe and its aspect-ratio warning, and
+what the re-run probe across tools/ found (Caffe's and FAISS's writers on a full disk, flags
+that would have been ignored, out-of-range values, a train net given as the deploy net)."""
 from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,9 @@ import pytest
 from rmnet.caffe.protos import parse_net, read_net
 from rmnet.caffe.shapes import ShapeError, check_shapes, pool_output_size
 from tests.conftest import REPO
-from tests.test_failures_outputs import one_line, run_main
+from tests.test_failures_outputs import features_file, one_line, run_main, small_fs  # noqa: F401
+
+LIGHT = REPO / "prototxt" / "light" / "deploy.prototxt"
 
 INPUT = ('layer {{ name: "data" type: "Input" top: "data" '
          'input_param {{ shape {{ dim: 1 dim: 3 dim: {h} dim: {w} }} }} }}\n')
@@ -172,14 +178,13 @@ def untrained(tmp_path_factory) -> Path:
     """The light net as init_weights leaves it: outputs in the thousands."""
     from rmnet.train.run import init_weights
     out = tmp_path_factory.mktemp("untrained") / "init.caffemodel"
-    init_weights(REPO / "prototxt" / "light" / "deploy.prototxt", out, log=lambda *_: None)
+    init_weights(LIGHT, out, log=lambda *_: None)
     return out
 
 
 def test_the_default_export_check_is_scale_aware(tmp_path, untrained):
     from rmnet.deploy.export import ExportReport
-    light = REPO / "prototxt" / "light" / "deploy.prototxt"
-    tool = [sys.executable, str(REPO / "tools" / "export.py"), "--prototxt", str(light),
+    tool = [sys.executable, str(REPO / "tools" / "export.py"), "--prototxt", str(LIGHT),
             "--weights", str(untrained)]
     r = subprocess.run([*tool, "--out", str(tmp_path / "a")], capture_output=True, text=True,
                        timeout=300)
@@ -198,7 +203,6 @@ def test_the_default_export_check_is_scale_aware(tmp_path, untrained):
 def test_the_embedder_falls_back_to_pycaffe_when_the_export_cannot_serve(tmp_path, untrained,
                                                                           monkeypatch):
     import functools
-    import warnings
 
     import numpy as np
 
@@ -218,12 +222,11 @@ def test_the_embedder_falls_back_to_pycaffe_when_the_export_cannot_serve(tmp_pat
     assert "falling back to pycaffe" in str(seen[0].message) and "pooling" in str(seen[0].message)
     # an export that fails its check against pycaffe (made strict enough to fail)
     monkeypatch.setattr(embedder, "export", functools.partial(embedder.export, check="absolute"))
-    light = REPO / "prototxt" / "light" / "deploy.prototxt"
     with pytest.warns(embedder.ExportFallbackWarning, match="does not match pycaffe"):
-        emb = embedder.Embedder.load([light, untrained], cache_dir=tmp_path / "cache")
+        emb = embedder.Embedder.load([LIGHT, untrained], cache_dir=tmp_path / "cache")
     assert emb.runtime == "pycaffe"
     with pytest.raises(embedder.ExportCheckError):      # asked for by name: the error
-        embedder.Embedder.load([light, untrained], runtime="onnxruntime",
+        embedder.Embedder.load([LIGHT, untrained], runtime="onnxruntime",
                                cache_dir=tmp_path / "cache")
 
 
@@ -239,7 +242,6 @@ def test_the_embedder_warns_once_about_crops_evaluation_would_refuse(tmp_path):
     emb = Embedder.load([proto, weights], runtime="pycaffe")          # input 16x8: ratio 2.00
     person, wide, strip = (np.zeros(s, np.uint8) for s in ((128, 64, 3), (64, 128, 3),
                                                           (400, 40, 3)))
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         emb.embed([person, person[:100]])                               # within 2x: silent
@@ -261,3 +263,121 @@ def test_the_embedder_warns_once_about_crops_evaluation_would_refuse(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         quiet.embed([wide])
+
+
+# --- found by the re-run probe across tools/ ---------------------------------------------------
+
+
+
+def test_caffes_own_writers_never_meet_a_full_disk(tmp_path, small_fs):  # noqa: F811
+    """Caffe aborts (CHECK) when it cannot write a caffemodel; every net the project saves goes
+    through save_net, so a full disk is the one-line OSError of every other output."""
+    from rmnet.cli import init_weights
+    mnt, fill, _ = small_fs
+    fill()
+    code, _, err = run_main(init_weights.main, [LIGHT, "-o", mnt / "init.caffemodel"])
+    assert code == 2 and "No space left on device" in one_line(err, progress=True)
+    assert str(mnt / "init.caffemodel") in err
+    assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
+
+
+def test_a_gallery_build_on_a_full_disk_leaves_nothing(tmp_path, small_fs):  # noqa: F811
+    from rmnet.cli import gallery
+    from rmnet.data.synthetic import SyntheticConfig, generate
+    from rmnet.deploy.export import random_caffemodel
+    mnt, fill, _ = small_fs
+    market = tmp_path / "market"
+    generate(market, SyntheticConfig(train_ids=1, test_ids=2, images_per_id=2, seed=3))
+    weights = random_caffemodel(LIGHT, tmp_path / "w.caffemodel")
+    fill()
+    code, _, err = run_main(gallery.main, ["build", "--prototxt", LIGHT, "--weights", weights,
+                                           "--images", market / "query", "--out", mnt / "g",
+                                           "--runtime", "pycaffe", "--no-progress"])
+    assert code == 2 and "No space left on device" in one_line(err, progress=True)
+    assert sorted(p.name for p in mnt.iterdir()) == ["filler"]      # not even the folder
+
+
+@pytest.mark.parametrize("openvino", [False, True])
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, openvino):
+    """ONNX's writer raises an OSError naming no file, OpenVINO's a bare RuntimeError: both are
+    the one line naming the file; the --out folder the export made is removed again."""
+    from rmnet.cli import export
+    from rmnet.deploy.export import random_caffemodel
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    size = "5m" if openvino else "64k"             # 5 MiB, 1 filled: the ONNX file fits
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        weights = random_caffemodel(LIGHT, tmp_path / "w.caffemodel")
+        with open(mnt / "filler", "wb") as f:
+            f.write(b"\0" * ((1 << 20) if openvino else (64 << 10) - 4096))
+        args = ["--prototxt", LIGHT, "--weights", weights, "--out", mnt / "exp"]
+        code, _, err = run_main(export.main, args + (["--openvino"] if openvino else []))
+        line = one_line(err)
+        assert code == 2 and "No space left on device" in line and str(mnt / "exp") in line
+        assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
+    finally:
+        # lazily: OpenVINO may still map the (deleted) staged weights until it is collected
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_the_net_generator_refuses_a_read_only_location(tmp_path, small_fs):  # noqa: F811
+    mnt, _, read_only = small_fs
+    read_only()
+    r = subprocess.run([sys.executable, "-m", "rmnet.generator", "--out", str(mnt / "p"),
+                        "--variant", "light"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"{mnt} is not writable" in one_line(r.stderr)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--k1", "5"], "--k1 applies only with --rerank"),
+    (["--lambda", "0.5", "--k2", "3"], "--k2, --lambda apply only with --rerank"),
+    (["--index-k", "5"], "--index-k applies only with --index"),
+    (["--top-k", "3", "--seed", "1"], "--top-k, --seed apply only with --rank-list"),
+    (["--batch", "8"], "--batch and --max-aspect-change only apply when extracting"),
+])
+def test_eval_market_refuses_flags_that_would_be_ignored(tmp_path, argv, needle):
+    from rmnet.cli import eval_market
+    feats = features_file(tmp_path / "feats.h5")
+    code, out, err = run_main(eval_market.main, ["--features", feats, *argv])
+    assert code == 2 and needle in err and out == ""
+
+
+def test_flags_out_of_range_are_usage_errors(tmp_path):
+    from rmnet.cli import bench_layers, export, quantize
+    for main, argv, needle in (
+            (export.main, ["--prototxt", LIGHT, "--weights", LIGHT, "--out", tmp_path / "e",
+                           "--tolerance", "0"], "--tolerance must be > 0"),
+            (quantize.main, ["--prototxt", LIGHT, "--weights", LIGHT, "--data", tmp_path,
+                             "--out", tmp_path / "q", "--calib", "0"], "--calib and --repeats"),
+            (bench_layers.main, ["--data-only", "--data-root", tmp_path / "nope"],
+             f"dataset root {tmp_path / 'nope'} does not exist")):
+        code, _, err = run_main(main, argv)
+        assert code == 2 and needle in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_gallery_search_breadth_flags(tmp_path):
+    from rmnet.cli import gallery
+    from rmnet.data.synthetic import SyntheticConfig, generate
+    from rmnet.deploy.export import random_caffemodel
+    market = tmp_path / "market"
+    generate(market, SyntheticConfig(train_ids=1, test_ids=2, images_per_id=2, seed=3))
+    weights = random_caffemodel(LIGHT, tmp_path / "w.caffemodel")
+    code, _, err = run_main(gallery.main, ["build", "--prototxt", LIGHT, "--weights", weights,
+                                           "--images", market / "query", "--out", tmp_path / "g",
+                                           "--runtime", "pycaffe", "--no-progress"])
+    assert code == 0, err
+    search = ["search", tmp_path / "g", "--images", market / "query", "--runtime", "pycaffe"]
+    code, _, err = run_main(gallery.main, [*search, "--nprobe", "0"])
+    assert code == 2 and "--nprobe must be >= 1" in err
+    code, _, err = run_main(gallery.main, [*search, "--nprobe", "4"])
+    assert code == 0 and "note: --nprobe does not apply to this gallery's index (flat)" in err
+
+
+def test_a_train_net_given_as_the_deploy_net_is_named_before_its_data_layer_runs(tmp_path):
+    from rmnet.caffe.pycaffe import load_net
+    with pytest.raises(ValueError, match=r"no Input layer \(a deploy prototxt is needed; this "
+                                         r"one reads data through 'market_data'"):
+        load_net(REPO / "prototxt" / "light" / "train.prototxt")

@@ -16,6 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from rmnet.atomic import write_bytes
 from rmnet.caffe.caffemodel import check_fit
 from rmnet.caffe.protos import net_text, read_net
 from rmnet.caffe.shapes import check_shapes
@@ -44,6 +45,17 @@ def net_from_param(net_param, phase: str = "TEST", weights: str | os.PathLike | 
     return net
 
 
+def save_net(net, path: str | os.PathLike) -> None:
+    """``net.save(path)`` that fails as an ``OSError`` naming ``path`` (a full disk, say)
+    instead of Caffe's abort: Caffe writes into a private folder in memory (``/dev/shm`` where
+    there is one, else the temporary folder) and Python copies the bytes to ``path``."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(dir=shm, prefix="rmnet-save-") as folder:
+        tmp = Path(folder) / "net.caffemodel"
+        net.save(str(tmp))
+        write_bytes(path, tmp.read_bytes())
+
+
 def param_shapes(net) -> dict[str, list[tuple[int, ...]]]:
     """{layer: [parameter blob shapes]} of a ``caffe.Net``."""
     return {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
@@ -67,6 +79,13 @@ def load_net(prototxt: str | os.PathLike, weights: str | os.PathLike | None = No
             raise FileNotFoundError(f"{p}: no such {what} file")
     net_param = read_net(prototxt)                              # parse errors name the file
     refuse_foreign_python_layers(net_param, prototxt)
+    if require_input and not len(net_param.input) and not any(
+            layer.type == "Input" for layer in net_param.layer):
+        # before Caffe builds it: a train net's data layer would run (and read its dataset)
+        data = [f"{layer.name!r} ({layer.python_param.layer or layer.type})"
+                for layer in net_param.layer if layer.type in ("Python", "Data", "ImageData")]
+        raise ValueError(f"{prototxt}: the net has no Input layer (a deploy prototxt is "
+                         f"needed{'; this one reads data through ' + data[0] if data else ''})")
     caffe = import_caffe()
     check_shapes(net_param, prototxt, phase, known_types=caffe.layer_type_list())
     net = caffe.Net(str(prototxt), getattr(caffe, phase))

@@ -182,7 +182,7 @@ def _pooling(layer, ins, where):
     if pad[0] >= k[0] or pad[1] >= k[1]:
         raise ShapeError(f"{where}: padding {pad[0]}x{pad[1]} must be smaller than the kernel "
                          f"{k[0]}x{k[1]}")
-    ceil_mode = pb2_round_mode_name(p) == "CEIL"
+    ceil_mode = round_mode_name(p) == "CEIL"
     out = [pool_output_size(size, k[i], s[i], pad[i], ceil_mode)[1]
            for i, size in enumerate((h, w))]
     if min(out) < 1:
@@ -191,7 +191,7 @@ def _pooling(layer, ins, where):
     return [(n, c, out[0], out[1])] * len(layer.top)
 
 
-def pb2_round_mode_name(pooling_param) -> str:
+def round_mode_name(pooling_param) -> str:
     """"CEIL" or "FLOOR" (Caffe builds without ``round_mode`` always round up)."""
     field = pooling_param.DESCRIPTOR.fields_by_name.get("round_mode")
     if field is None:

@@ -53,6 +53,7 @@ from rmnet.caffe.pycaffe import net_from_param  # noqa: E402
 from rmnet.train.run import without_data_layer  # noqa: E402
 
 from rmnet.paths import REPO  # noqa: E402
+from rmnet.cli.errors import command  # noqa: E402
 LOSS_LAYERS = ("loss/am_softmax", "loss/local")
 
 DEFAULT_LOSSES = """\
@@ -286,8 +287,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@command("bench_layers")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.data_root is not None:
+        from rmnet.data.datasets import load_dataset
+        from rmnet.data.market import DatasetError
+        try:
+            load_dataset(args.data_root)
+        except DatasetError as e:
+            print(f"bench_layers: {e}", file=sys.stderr)
+            return 2
     import caffe
     caffe.set_mode_cpu()
     if args.data_only:

@@ -289,6 +289,18 @@ def parse_args(argv: list[str] | None):
     rl.add_argument("--top-k", type=int, default=10)
     rl.add_argument("--seed", type=int, default=0, help="for the random query choice")
     args = ap.parse_args(argv)
+    given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)
+             if str(a).startswith("--")}
+    for needs, opts in (("--rerank", ("--k1", "--k2", "--lambda", "--rerank-convention")),
+                        ("--index", ("--index-k",)),
+                        ("--rank-list", ("--num-queries", "--queries", "--top-k", "--seed"))):
+        stray = [o for o in opts if o in given]
+        if stray and not getattr(args, needs[2:].replace("-", "_")):
+            ap.error(f"{', '.join(stray)} {'applies' if len(stray) == 1 else 'apply'} only "
+                     f"with {needs}")
+    if args.features and ({"--batch", "--max-aspect-change"} & given):
+        ap.error("--features scores a features file: --batch and --max-aspect-change only "
+                 "apply when extracting")
     if args.features and (args.prototxt or args.weights or args.cache or args.flip
                           or args.blob or args.runtime != "pycaffe"):
         ap.error("--features scores a features file: --prototxt, --weights, --cache, --flip, "

@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     kind.add_argument("--absolute", action="store_true",
                       help="apply --tolerance to max |diff| alone, whatever the output's scale")
     args = ap.parse_args(argv)
+    if not args.tolerance > 0:
+        ap.error("--tolerance must be > 0")
     check_output(args.out, '--out', folder=True)
     for p in (args.prototxt, args.weights):
         if not p.is_file():

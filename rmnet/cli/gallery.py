@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -100,11 +101,17 @@ def cmd_build(args) -> int:
                          f"--force to replace it)")
     emb = load_embedder(args, None)
     files = [str(p.resolve()) for p in model_paths(args, None)]
-    g = Gallery.create(args.out, emb.dim, emb.model_sha256, index=args.index,
-                       model_info={"files": files, "runtime_at_build": emb.runtime},
-                       overwrite=args.force)
-    g.add_images(emb, [str(p) for p in paths], progress=not args.no_progress)
-    where = g.save()
+    created = not args.out.exists()
+    try:
+        g = Gallery.create(args.out, emb.dim, emb.model_sha256, index=args.index,
+                           model_info={"files": files, "runtime_at_build": emb.runtime},
+                           overwrite=args.force)
+        g.add_images(emb, [str(p) for p in paths], progress=not args.no_progress)
+        where = g.save()
+    except BaseException:
+        if created:                      # a failed build leaves no folder it made behind
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
     log(f"wrote {len(g)} entries to {args.out} ({where.name}, index {g.spec})")
     return 0
 
@@ -125,6 +132,11 @@ def cmd_search(args) -> int:
     paths = images_in(args.images)
     g = Gallery.load(args.gallery)
     if args.nprobe is not None or args.ef_search is not None:
+        kind = g.spec.kind if g.spec is not None else "none (empty gallery)"
+        for opt, value, applies in (("--nprobe", args.nprobe, kind.startswith("ivf")),
+                                    ("--ef-search", args.ef_search, kind == "hnsw")):
+            if value is not None and not applies:
+                log(f"note: {opt} does not apply to this gallery's index ({kind}); ignored")
         g.set_search_params(nprobe=args.nprobe, ef_search=args.ef_search)
     emb = load_embedder(args, g)
     feats = emb.embed_paths(paths)
@@ -194,6 +206,9 @@ def parse_args(argv: list[str] | None):
     args = ap.parse_args(argv)
     if getattr(args, "k", 1) < 1 or getattr(args, "batch", 1) < 1:
         ap.error("--k and --batch must be >= 1")
+    for opt in ("nprobe", "ef_search"):
+        if getattr(args, opt, None) is not None and getattr(args, opt) < 1:
+            ap.error(f"--{opt.replace('_', '-')} must be >= 1")
     return args
 
 

@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per timed repeat")
     ap.add_argument("--json", type=Path, help="write every number here")
     args = ap.parse_args(argv)
+    if args.calib < 1 or args.warmup < 0 or args.repeats < 1 or args.min_time < 0:
+        ap.error("--calib and --repeats must be >= 1, --warmup and --min-time >= 0")
     check_output(args.out, '--out', folder=True)
     check_output(args.json, '--json')
     if (args.model and (args.prototxt or args.weights)) or \

@@ -181,7 +181,8 @@ class Embedder:
         self._dim: int | None = None
         self._aspect_warned = False
 
-    def _check_aspects(self, sizes: Sequence[tuple[int, int]], what: str) -> None:
+    def _check_aspects(self, sizes: Sequence[tuple[int, int]], what: str,
+                       stacklevel: int) -> None:
         """One AspectRatioWarning, the first time crops evaluation would refuse are seen."""
         if self._aspect_warned or not self.max_aspect_change:
             return
@@ -193,7 +194,7 @@ class Embedder:
                           f"more than {self.max_aspect_change:g}x off the model's {h / w:.2f} "
                           f"({h}x{w}): not pedestrian boxes, their descriptors are unreliable "
                           f"(tools/eval_market.py refuses such images); warned once per "
-                          f"Embedder", AspectRatioWarning, stacklevel=3)
+                          f"Embedder", AspectRatioWarning, stacklevel=stacklevel + 1)
 
     @classmethod
     def load(cls, path_or_paths: str | os.PathLike | Sequence[str | os.PathLike],
@@ -272,7 +273,7 @@ class Embedder:
                 raise ValueError(f"crop {i}: expected uint8 BGR pixels, got {crop.dtype}")
             sizes.append(crop.shape[:2])
             resized.append(resize_to(crop, h, w))
-        self._check_aspects(sizes, "crops")
+        self._check_aspects(sizes, "crops", stacklevel=3)    # the caller of embed()
         if not resized:
             return np.zeros((0, 3, h, w), np.float32)
         return to_blob(resized)
@@ -290,7 +291,7 @@ class Embedder:
         sizes: list[tuple[int, int]] = []
         out = [self.embed_blob(blob) for _, blob in iter_blobs(paths, batch, h, w,
                                                                 workers=workers, sizes=sizes)]
-        self._check_aspects(sizes, "images")
+        self._check_aspects(sizes, "images", stacklevel=2)   # the caller of embed_paths()
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 

@@ -29,6 +29,8 @@ statistics of a fresh ``caffe.Net`` are all zero, factor included) for tests and
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -37,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.atomic import atomic_path
+from rmnet.atomic import atomic_path, write_bytes
 from rmnet.caffe import caffemodel
-from rmnet.caffe.pycaffe import import_caffe
+from rmnet.caffe.pycaffe import import_caffe, save_net
 from rmnet.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend, PycaffeBackend, runtime_available
 from rmnet.deploy.graph import ExportError, load_graph
 from rmnet.deploy.onnx import to_onnx
@@ -180,13 +182,25 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
     ref = caffe_forward(prototxt, weights, blob)
     report.max_abs_ref = float(np.abs(ref).max())
 
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_checked(model, blob, ref, report, prototxt, weights, out_dir, name,
+                              openvino, check, tolerance, relative)
+    except BaseException:
+        if created:                      # a failed export leaves no folder it made behind
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
+
+
+def _write_checked(model, blob, ref, report, prototxt, weights, out_dir, name, openvino, check,
+                   tolerance, relative) -> ExportReport:
+    """export()'s second half: the files staged in ``out_dir``, checked, moved into place."""
     stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}.export-"))
     try:
-        import onnx
-
         onnx_tmp = stage / f"{name}.onnx"
-        onnx.save(model, str(onnx_tmp))
+        write_bytes(onnx_tmp, model.SerializeToString())   # an OSError names the file
         if runtime_available("onnxruntime"):
             got = OnnxRuntimeBackend(onnx_tmp).infer(blob)
             report.max_abs_diff["onnxruntime"] = _max_diff(ref, got)
@@ -197,8 +211,7 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
             import openvino as ov
 
             xml_tmp = stage / f"{name}.xml"
-            ov.save_model(ov.convert_model(str(onnx_tmp)), str(xml_tmp),
-                          compress_to_fp16=False)
+            save_ir_files(ov.convert_model(str(onnx_tmp)), xml_tmp)
             got = OpenVINOBackend(xml_tmp).infer(blob)
             report.max_abs_diff["openvino"] = _max_diff(ref, got)
         if not report.max_abs_diff:
@@ -233,17 +246,30 @@ def _move_in(src: Path, dst: Path) -> None:
         os.replace(src, tmp)
 
 
+def save_ir_files(model, xml_path: Path) -> None:
+    """``openvino.save_model`` (FP32 kept), whose write errors (a full disk) come as a bare
+    RuntimeError from C++ ("basic_ios::clear: iostream error"): here an OSError naming the file,
+    ENOSPC when the disk has no room left."""
+    import openvino as ov
+
+    try:
+        ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    except RuntimeError as e:
+        full = shutil.disk_usage(xml_path.parent).free < 1 << 20
+        raise OSError(errno.ENOSPC if full else errno.EIO,
+                      os.strerror(errno.ENOSPC) if full else f"OpenVINO could not write it ({e})",
+                      str(xml_path)) from None
+
+
 def save_openvino(model, xml_path: str | os.PathLike) -> Path:
     """Write an ``openvino.Model`` as IR (``.xml`` + ``.bin``, weights as they are: FP32 stays
     FP32) atomically: both files are written in a staging folder next to ``xml_path``, then
     moved into place, the ``.bin`` before the ``.xml`` that names the model."""
-    import openvino as ov
-
     xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=xml_path.parent, prefix=f".{xml_path.stem}.ir-"))
     try:
-        ov.save_model(model, str(stage / xml_path.name), compress_to_fp16=False)
+        save_ir_files(model, stage / xml_path.name)
         _move_in(stage / xml_path.with_suffix(".bin").name, xml_path.with_suffix(".bin"))
         _move_in(stage / xml_path.name, xml_path)
     finally:
@@ -292,5 +318,5 @@ def random_caffemodel(prototxt: str | os.PathLike, out: str | os.PathLike,
                 blobs[1].data[...] = rng.normal(0, 0.1, c)
     out = Path(out)
     with atomic_path(out) as tmp:
-        net.save(str(tmp))
+        save_net(net, tmp)
     return out

@@ -327,7 +327,7 @@ def import_ir(xml: str | os.PathLike, out: str | os.PathLike, *,
               seed: int = 0) -> ImportReport:
     """Read, match, fill, check, write (see the module doc). Raises IRImportError on a graph or
     file problem, IRImportCheckError (nothing written) when the check fails."""
-    from rmnet.caffe.pycaffe import import_caffe
+    from rmnet.caffe.pycaffe import import_caffe, save_net
 
     caffe = import_caffe()
     try:
@@ -359,7 +359,7 @@ def import_ir(xml: str | os.PathLike, out: str | os.PathLike, *,
     ref, report.reference = ir_reference(ir, blob)
     out = Path(out)
     with atomic_path(out) as tmp:
-        net.save(str(tmp))
+        save_net(net, tmp)
         from rmnet.deploy.backends import PycaffeBackend
 
         got = PycaffeBackend(prototxt, tmp).infer(blob).astype(np.float64)

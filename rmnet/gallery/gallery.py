@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.atomic import atomic_write_text, fsync_path
+from rmnet.atomic import atomic_write_text, fsync_path, write_bytes
 from rmnet.caffe.caffemodel import sha256_file
 from rmnet.gallery import index as ix
 from rmnet.gallery.store import Entry, MetadataStore, Record, StoreError
@@ -104,7 +104,9 @@ def _now() -> str:
 
 # Hooks the save goes through, one per file it writes: tests replace them to inject failures.
 def write_index_file(index, path: Path) -> None:
-    ix.faiss_module().write_index(index, str(path))
+    # serialised in memory and written by Python: FAISS's own writer reports a full disk as a
+    # RuntimeError from C++, this way it is the OSError every other output gives
+    write_bytes(path, ix.faiss_module().serialize_index(index).tobytes())
 
 
 def write_meta_file(store: MetadataStore, path: Path) -> None:

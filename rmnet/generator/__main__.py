@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rmnet.atomic import OutputError, check_output, describe_os_error
 from rmnet.generator.config import ConfigError, list_variants, load_variant
 from rmnet.generator.output import COMMITTED, ablation_variants, compare, write_all
 from rmnet.generator.plan import InputSizeError
@@ -80,7 +81,16 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"{args.out}: up to date")
             return 0
-        written, deleted = write_all(args.out, args.variant, args.solvers)
+        try:
+            for path, opt in ((args.out, "--out"), (args.solvers, "--solvers")):
+                check_output(path, opt, folder=True)
+            written, deleted = write_all(args.out, args.variant, args.solvers)
+        except OutputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            print(f"error: {describe_os_error(e)}", file=sys.stderr)
+            return 2
         for p in written:
             print(f"wrote {p}")
         for p in deleted:

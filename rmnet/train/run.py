@@ -23,7 +23,7 @@ import numpy as np
 
 from rmnet.caffe.caffemodel import WeightsError, check_fit, read_caffemodel
 from rmnet.caffe.protos import ProtoError, caffe_pb2, read_net, read_solver
-from rmnet.caffe.pycaffe import import_caffe, load_net, net_from_param, param_shapes
+from rmnet.caffe.pycaffe import import_caffe, load_net, net_from_param, param_shapes, save_net
 from rmnet.atomic import atomic_path
 from rmnet.train.init import TransferReport, copy_by_name, msra, orthogonal
 
@@ -130,7 +130,7 @@ def init_weights(prototxt: str | os.PathLike, out: str | os.PathLike, seed: int 
         if not report.copied:
             raise TrainingError(f"{source} shares no layer with {prototxt}")
     with atomic_path(out) as tmp:
-        net.save(str(tmp))
+        save_net(net, tmp)
     return report
 
 
@@ -156,7 +156,7 @@ def calibrate_batchnorm(deploy: str | os.PathLike, weights: str | os.PathLike,
         net.blobs["data"].data[...] = blob
         net.forward()
     with atomic_path(out) as tmp:
-        net.save(str(tmp))
+        save_net(net, tmp)
 
 
 def image_batches(image_paths: list[str], height: int, width: int, batch_size: int = 32,

@@ -181,7 +181,7 @@ def unfold_batchnorm(deploy: str | os.PathLike, weights: str | os.PathLike,
     """Estimate BatchNorm statistics on ``image_paths`` and un-fold (module doc); write ``out``
     atomically. The batch after the ``batches`` used for the estimate is the check batch."""
     from rmnet.caffe.protos import read_net
-    from rmnet.caffe.pycaffe import import_caffe, output_blob
+    from rmnet.caffe.pycaffe import import_caffe, output_blob, save_net
 
     caffe = import_caffe()
     net = caffe.Net(str(deploy), caffe.TEST, weights=str(weights))
@@ -216,7 +216,7 @@ def unfold_batchnorm(deploy: str | os.PathLike, weights: str | os.PathLike,
     diff = float(np.abs(_l2n(after) - _l2n(ref)).max())
     out = Path(out)
     with atomic_path(out) as tmp:
-        net.save(str(tmp))
+        save_net(net, tmp)
         cos_after = train_phase_cosine(deploy, tmp, check, ref)
     return UnfoldReport(len(pairs), n_images, batch_size, len(check), cos_before, cos_after, diff)
 
