@@ -495,6 +495,40 @@ def test_eval_market_index_exact_equals_brute_force(tmp_path):
     assert code == 2 and "bad index spec" in stderr
 
 
+def test_quiet_wait_caps_each_wait_and_the_total():
+    from rmnet.cli.bench_gallery import QuietWait
+    assert QuietWait(0.0, 10.0, 10.0)()["waited_s"] < 0.01        # limit 0: never waits
+    wait = QuietWait(1e-9, 0.2, 0.3, poll=0.02)                    # a load never reached
+    waits = [wait()["waited_s"] for _ in range(3)]
+    assert waits[0] == pytest.approx(0.2, abs=0.05)                 # one wait's cap
+    assert waits[1] == pytest.approx(0.1, abs=0.05)                 # what is left of 0.3
+    assert waits[2] < 0.01 and wait.left <= 0.0
+
+
+def test_bench_gallery_small_run(tmp_path):
+    """A whole benchmark run at 2,000 entries: exact rows, the HNSW and IVF rows with their
+    tuning sweeps, the load average with every row, the text and JSON written."""
+    out = tmp_path / "bench.txt"
+    code, stdout, err = run_main(_load("bench_gallery"), "--sizes", "2000", "--queries", "64",
+                                 "--tune-queries", "40", "--kind", "hnsw", "--kind",
+                                 "ivf-flat:nlist=16", "--out", out)
+    assert code == 0, err
+    data = json.loads(out.with_suffix(".json").read_text())
+    rows = data["results"][0]["rows"]
+    assert [r["index"].split(":")[0] for r in rows] == \
+        ["brute force (numpy, rmnet.deploy.embedder.search)", "faiss flat (exact)", "hnsw",
+         "ivf-flat"]
+    for r in rows:
+        assert r["loadavg"] >= 0 and r["batch1"]["calls"] > 0
+    # exact rows are exact; the tuned rows stop at the first breadth reaching the tuning target
+    assert rows[0]["recall@10"] == 1.0 and rows[1]["recall@10"] == 1.0
+    for r in rows[2:]:
+        reached = [s["recall@10"] >= 0.955 for s in r["sweep"]]
+        assert r["sweep"] and not any(reached[:-1])
+    text = out.read_text()
+    assert "load average" in text and " load" in text.splitlines()[2] and stdout == text + "\n"
+
+
 # --- the command line, end to end --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
