@@ -1,7 +1,7 @@
 """Gallery search at scale: FAISS indexes against exact search on synthetic descriptors.
 
-    .venv/bin/python tools/bench_gallery.py --sizes 1e5,1e6,1e7 \\
-        --out results/2026-12-01/bench-gallery.txt      # + .json beside it
+    .venv/bin/python tools/bench_gallery.py --sizes 1e5,1e6 --kind auto --kind ivf-sq8 \\
+        --quiet-load 1.5 --out results/2026-12-01/bench-gallery.txt      # + .json beside it
 
 For each gallery size, in one run: seeded 256-d descriptors with identity structure
 (rmnet/bench/gallery.py), exact answers for the queries by chunked brute force, then
@@ -310,7 +310,7 @@ def parse_args(argv):
                     help="gallery sizes (default 1e5,1e6)")
     ap.add_argument("--kind", action="append", default=None,
                     help="approximate index spec to measure (repeatable; default: auto's "
-                         "choice), e.g. ivf-pq:m=64 or hnsw:m=32")
+                         "choice; 'auto' for it among others), e.g. ivf-pq:m=64 or hnsw:m=32")
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--images-per-id", type=int, default=10)
     ap.add_argument("--noise", type=float, default=1.0, help="image noise / centre norm")
