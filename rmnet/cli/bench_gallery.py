@@ -1,7 +1,7 @@
 """Gallery search at scale: FAISS indexes against exact search on synthetic descriptors.
 
-    .venv/bin/python tools/bench_gallery.py --sizes 1e5,1e6,1e7 \\
-        --out results/2026-12-01/bench-gallery.txt      # + .json beside it
+    .venv/bin/python tools/bench_gallery.py --sizes 1e5,1e6 --kind auto --kind ivf-sq8 \\
+        --quiet-load 1.5 --out results/2026-12-01/bench-gallery.txt      # + .json beside it
 
 For each gallery size, in one run: seeded 256-d descriptors with identity structure
 (rmnet/bench/gallery.py), exact answers for the queries by chunked brute force, then
@@ -15,13 +15,21 @@ For each gallery size, in one run: seeded 256-d descriptors with identity struct
 
 with build time (train + add), memory (the bytes of the stored entries, and the process's
 resident memory growth while building), query latency p50/p99 at batch 1 and 64, and recall@1
-and recall@10 against the exact answers. Exact rows hold the whole gallery as float32 (4 bytes
+and recall@10 against the exact answers. Batch 1 runs on ``--b1-threads`` FAISS threads (1 by
+default: one query gains nothing from a second thread, and on a loaded machine waking one costs
+more than it saves), batch 64 and the builds on ``--threads``.
+
+Latency on a shared machine measures the machine's load as much as the index, so every row
+records the 1-minute load average at the moment its latency was taken, and ``--quiet-load L``
+waits (at most ``--quiet-wait`` seconds, sleeping) before each latency measurement until the
+load average is below L. Exact rows hold the whole gallery as float32 (4 bytes
 a dimension): sizes above ``--max-flat-gb`` skip them and build the approximate index chunk by
 chunk, so the largest gallery is bounded by the compressed index, not by the raw descriptors.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -58,13 +66,44 @@ def _search_fn(index, k: int):
     return lambda q: index.search(q, k)
 
 
+class QuietWait:
+    """Sleep before a measurement until the 1-minute load average is below ``limit`` (0: never
+    wait), at most ``per_wait`` seconds a time and ``budget`` seconds in all."""
+
+    def __init__(self, limit: float, per_wait: float, budget: float, poll: float = 10.0):
+        self.limit, self.per_wait, self.left, self.poll = limit, per_wait, budget, poll
+
+    def __call__(self) -> dict:
+        """The load average and the wait, for the row."""
+        t = time.perf_counter()
+        cap = min(self.per_wait, self.left) if self.limit > 0 else 0.0
+        while os.getloadavg()[0] >= self.limit and time.perf_counter() - t < cap:
+            time.sleep(min(self.poll, max(0.0, cap - (time.perf_counter() - t))))
+        waited = time.perf_counter() - t
+        self.left -= waited
+        return {"loadavg": os.getloadavg()[0], "waited_s": waited}
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int):
+    """FAISS (OpenMP) threads ``n`` inside the block (0: leave as is)."""
+    faiss = ix.faiss_module()
+    before = faiss.omp_get_max_threads()
+    if n:
+        faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def breadth_values(spec: ix.IndexSpec) -> tuple[str, list[int]]:
     if spec.kind.startswith("ivf"):
         vals = [v for v in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
                 if v <= spec.nlist]
         return "nprobe", vals
     if spec.kind == "hnsw":
-        return "ef_search", [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+        return "ef_search", [16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512]
     return "", []
 
 
@@ -95,17 +134,57 @@ def tune(built: ix.Built, tune_q: np.ndarray, gt_tune: np.ndarray, target: float
 
 
 def measure(fn, eval_q: np.ndarray, gt: np.ndarray, repeats1: int, repeats64: int,
-            recall_queries: int | None = None) -> dict:
-    b1 = latency(fn, eval_q, 1, repeats1)
+            b1_threads: int, quiet: QuietWait, recall_queries: int | None = None) -> dict:
+    """Latency at batch 1 (on ``b1_threads``) and 64 after waiting for a quiet machine, and
+    recall@1/10 against ``gt``."""
+    waited = quiet()
+    with faiss_threads(b1_threads):
+        b1 = latency(fn, eval_q, 1, repeats1)
     b64 = latency(fn, eval_q, 64, repeats64)
+    waited["loadavg_after"] = os.getloadavg()[0]
     n = len(eval_q) if recall_queries is None else recall_queries
     ids = np.concatenate([np.asarray(fn(eval_q[s:s + 256])[1])
                           for s in range(0, n, 256)])[:n]
     return {"batch1": b1, "batch64": b64, "recall@1": recall_at(ids, gt[:n], 1),
-            "recall@10": recall_at(ids, gt[:n], K), "recall_queries": n}
+            "recall@10": recall_at(ids, gt[:n], K), "recall_queries": n, **waited}
 
 
-def run_size(n: int, args, kinds: list[ix.IndexSpec | None]) -> dict:
+def build_chunked(spec: ix.IndexSpec, data: SyntheticDescriptors, x: np.ndarray | None,
+                  seed: int):
+    """An index of ``spec`` filled with the gallery chunk by chunk (a progress bar), trained
+    (IVF) on its first TRAIN_PER_CELL x nlist descriptors; from ``x`` when it is held, else
+    from regenerated chunks, so the raw gallery never has to be in memory."""
+    from tqdm import tqdm
+
+    def chunks():
+        if x is None:
+            yield from data.chunks()
+        else:
+            for s in range(0, len(x), data.chunk):
+                yield x[s:s + data.chunk], np.arange(s, min(s + data.chunk, len(x)))
+
+    sample = None
+    if ix.needs_training(spec):
+        limit, parts, have = ix.TRAIN_PER_CELL * spec.nlist, [], 0
+        for xc, _ in chunks():
+            if have >= limit:
+                break
+            parts.append(xc[:limit - have])
+            have += len(parts[-1])
+        sample = np.concatenate(parts)
+    t = time.perf_counter()
+    index = ix.build(spec, data.dim, sample, seed=seed)
+    if sample is not None:
+        log(f"  trained in {time.perf_counter() - t:.1f} s")
+    del sample
+    with tqdm(total=data.n, desc=str(spec), unit="entry", unit_scale=True) as bar:
+        for xc, ids in chunks():
+            ix.add(index, xc, ids)
+            bar.update(len(xc))
+    return index
+
+
+def run_size(n: int, args, kinds: list[ix.IndexSpec | None], quiet: QuietWait) -> dict:
     data = SyntheticDescriptors(n, dim=args.dim, images_per_id=args.images_per_id,
                                 noise=args.noise, decay=args.decay, exponent=args.exponent,
                                 seed=args.seed)
@@ -125,7 +204,8 @@ def run_size(n: int, args, kinds: list[ix.IndexSpec | None]) -> dict:
         from rmnet.deploy.embedder import search as brute_search
         log(f"n={n}: brute force (rmnet.deploy.embedder.search)")
         res = measure(lambda q: brute_search(q, x, K)[::-1], eval_q, gt_eval,
-                      50 if small else 10, 10 if small else 3, recall_queries=256)
+                      50 if small else 10, 10 if small else 3, args.b1_threads, quiet,
+                      recall_queries=256)
         out["rows"].append({"index": "brute force (numpy, rmnet.deploy.embedder.search)",
                             "build_s": 0.0, "payload_bytes": flat_bytes, "rss_growth_bytes": 0,
                             **res})
@@ -134,7 +214,7 @@ def run_size(n: int, args, kinds: list[ix.IndexSpec | None]) -> dict:
         built = ix.build_filled(ix.IndexSpec("flat"), x)
         build_s = time.perf_counter() - t
         res = measure(_search_fn(built.index, K), eval_q, gt_eval, 200 if small else 30,
-                      20 if small else 5)
+                      20 if small else 5, args.b1_threads, quiet)
         out["rows"].append({"index": "faiss flat (exact)", "build_s": build_s,
                             "payload_bytes": ix.payload_bytes(built.index),
                             "rss_growth_bytes": rss_bytes() - r0, **res})
@@ -152,30 +232,13 @@ def run_size(n: int, args, kinds: list[ix.IndexSpec | None]) -> dict:
             continue
         log(f"n={n}: {spec} ({'auto' if request is None else 'asked'})")
         r0, t = rss_bytes(), time.perf_counter()
-        if x is not None:
-            built = ix.build_filled(spec, x, seed=args.seed)
-        else:
-            limit = ix.TRAIN_PER_CELL * spec.nlist
-            sample, have = [], 0
-            for c in range(data.n_chunks):
-                if have >= limit:
-                    break
-                xc, _ = data.chunk_data(c)
-                sample.append(xc)
-                have += len(xc)
-            index = ix.build(spec, args.dim, np.concatenate(sample)[:limit], seed=args.seed)
-            del sample
-            log(f"  trained in {time.perf_counter() - t:.1f} s")
-            for c, (xc, ids) in enumerate(data.chunks()):
-                ix.add(index, xc, ids)
-                if c % 10 == 9:
-                    log(f"  added {index.ntotal} ({time.perf_counter() - t:.0f} s)")
-            built = ix.Built(index, spec)
+        built = ix.Built(build_chunked(spec, data, x, args.seed), spec)
         build_s = time.perf_counter() - t
         rss = rss_bytes() - r0
         log(f"  built in {build_s:.1f} s")
-        chosen, sweep = tune(built, tune_q, gt_tune, args.target_recall)
-        res = measure(_search_fn(built.index, K), eval_q, gt_eval, 200, 20)
+        chosen, sweep = tune(built, tune_q, gt_tune, args.tune_recall)
+        res = measure(_search_fn(built.index, K), eval_q, gt_eval, 200, 20, args.b1_threads,
+                      quiet)
         out["rows"].append({"index": str(chosen), "auto": request is None, "build_s": build_s,
                             "payload_bytes": ix.payload_bytes(built.index),
                             "rss_growth_bytes": rss, "sweep": sweep, **res})
@@ -186,7 +249,7 @@ def run_size(n: int, args, kinds: list[ix.IndexSpec | None]) -> dict:
 def table(results: list[dict]) -> str:
     head = (f"{'entries':>9}  {'index':<44} {'build s':>8} {'MiB':>7} "
             f"{'b1 p50':>7} {'b1 p99':>7} {'b64 p50':>8} {'b64 p99':>8} {'/q p50':>7} "
-            f"{'R@1':>6} {'R@10':>6}")
+            f"{'R@1':>6} {'R@10':>6} {'load':>5}")
     lines = [head, "-" * len(head)]
     for r in results:
         for row in r["rows"]:
@@ -197,14 +260,15 @@ def table(results: list[dict]) -> str:
                 f"{row['payload_bytes'] / 2 ** 20:>7.0f} {b1['p50_ms']:>7.2f} "
                 f"{b1['p99_ms']:>7.2f} {b64['p50_ms']:>8.1f} {b64['p99_ms']:>8.1f} "
                 f"{b64['p50_ms_per_query']:>7.3f} {row['recall@1']:>6.3f} "
-                f"{row['recall@10']:>6.3f}")
+                f"{row['recall@10']:>6.3f} {row['loadavg']:>5.1f}")
         for note in [r.get("skipped_exact")] + r.get("skipped", []):
             if note:
                 lines.append(f"{r['n']:>9}  ({note})")
     lines.append("")
     lines.append("b1/b64: latency of one search call of 1 / 64 queries, ms; /q p50: the batch-64 "
                  "p50 per query, ms; MiB: stored entries (codes + ids; brute force: the float32 "
-                 "array); R@k: recall@k against exact search.")
+                 "array); R@k: recall@k against exact search; load: the 1-minute load "
+                 "average when the row's latency was measured.")
     return "\n".join(lines)
 
 
@@ -228,13 +292,14 @@ def targets(results: list[dict], target: float, p50_ms: float) -> str:
         if r["n"] != 1_000_000:
             continue
         for row in r["rows"]:
-            if row.get("auto"):
+            if "auto" in row:    # the approximate rows
                 ok_r = row["recall@10"] >= target
                 ok_t = row["batch1"]["p50_ms"] < p50_ms
-                lines.append(f"target at 10^6 ({row['index']}): recall@10 "
+                lines.append(f"target at 10^6 ({row['index']}"
+                             f"{' [auto]' if row['auto'] else ''}): recall@10 "
                              f"{row['recall@10']:.3f} >= {target}: {'yes' if ok_r else 'NO'}; "
                              f"batch-1 p50 {row['batch1']['p50_ms']:.2f} ms < {p50_ms} ms: "
-                             f"{'yes' if ok_t else 'NO'}")
+                             f"{'yes' if ok_t else 'NO'} (load average {row['loadavg']:.1f})")
     return "\n".join(lines)
 
 
@@ -245,7 +310,7 @@ def parse_args(argv):
                     help="gallery sizes (default 1e5,1e6)")
     ap.add_argument("--kind", action="append", default=None,
                     help="approximate index spec to measure (repeatable; default: auto's "
-                         "choice), e.g. ivf-pq:m=64 or hnsw:m=32")
+                         "choice; 'auto' for it among others), e.g. ivf-pq:m=64 or hnsw:m=32")
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--images-per-id", type=int, default=10)
     ap.add_argument("--noise", type=float, default=1.0, help="image noise / centre norm")
@@ -254,18 +319,37 @@ def parse_args(argv):
     ap.add_argument("--exponent", type=float, default=1.0, help="0: isotropic descriptors")
     ap.add_argument("--queries", type=int, default=1000, help="evaluation queries")
     ap.add_argument("--tune-queries", type=int, default=500, help="tuning queries (separate)")
-    ap.add_argument("--target-recall", type=float, default=0.95)
+    ap.add_argument("--target-recall", type=float, default=0.95,
+                    help="recall@10 the 10^6 target asks for (default 0.95)")
+    ap.add_argument("--tune-recall", type=float, default=None,
+                    help="recall@10 the search breadth is tuned to on the tuning queries "
+                         "(default: --target-recall + 0.005, a margin for the evaluation "
+                         "queries being another sample)")
     ap.add_argument("--target-p50-ms", type=float, default=5.0)
     ap.add_argument("--max-flat-gb", type=float, default=4.0,
                     help="largest float32 gallery held for the exact rows (default 4 GiB)")
     ap.add_argument("--hnsw-max", type=int, default=1_000_000,
                     help="largest size an hnsw --kind is built at (slow to build)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="FAISS threads (0: its default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="FAISS threads for builds and batch 64 (0: its default, one a CPU)")
+    ap.add_argument("--b1-threads", type=int, default=1,
+                    help="FAISS threads for batch-1 latency (default 1; 0: as --threads)")
+    ap.add_argument("--quiet-load", type=float, default=0.0,
+                    help="before each latency measurement, wait until the 1-minute load "
+                         "average is below this (0: do not wait)")
+    ap.add_argument("--quiet-wait", type=float, default=300.0,
+                    help="longest wait for --quiet-load before one row, seconds (default 300)")
+    ap.add_argument("--quiet-budget", type=float, default=1200.0,
+                    help="longest wait for --quiet-load in all, seconds (default 1200)")
     ap.add_argument("--out", type=Path, help="text report (and .json beside it)")
     args = ap.parse_args(argv)
     if args.queries < 64 or args.tune_queries < 1:
         ap.error("--queries must be >= 64 and --tune-queries >= 1")
+    if min(args.threads, args.b1_threads, args.quiet_wait, args.quiet_budget) < 0:
+        ap.error("--threads, --b1-threads, --quiet-wait and --quiet-budget must be >= 0")
+    if args.tune_recall is None:
+        args.tune_recall = min(1.0, args.target_recall + 0.005)
     return args
 
 
@@ -284,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     load0 = os.getloadavg()
-    results = [run_size(n, args, kinds) for n in args.sizes]
+    quiet = QuietWait(args.quiet_load, args.quiet_wait, args.quiet_budget)
+    results = [run_size(n, args, kinds, quiet) for n in args.sizes]
     eff = SyntheticDescriptors(1000, dim=args.dim, decay=args.decay,
                                exponent=args.exponent).effective_dim
     header = (f"gallery search benchmark: {args.dim}-d synthetic descriptors "
@@ -292,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.decay} exponent {args.exponent}: effective dimension {eff:.1f}, "
               f"seed {args.seed}), "
               f"{args.queries} evaluation + {args.tune_queries} tuning queries, k={K}; "
-              f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, "
+              f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads "
+              f"(batch 1: {args.b1_threads or faiss.omp_get_max_threads()}), "
+              f"breadth tuned to recall@10 {args.tune_recall}, "
               f"{os.cpu_count()} CPUs, load average {load0[0]:.1f} at start, "
               f"{os.getloadavg()[0]:.1f} at end; {time.perf_counter() - t0:.0f} s in all")
     text = "\n".join([header, "", table(results), "", "search breadth tuning:", sweeps(results),
@@ -305,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  for k, v in vars(args).items()},
                                       "faiss_version": faiss.__version__,
                                       "threads": faiss.omp_get_max_threads(),
+                                      "loadavg_start": load0[0],
+                                      "loadavg_end": os.getloadavg()[0],
                                       "results": results}, indent=1) + "\n")
         log(f"wrote {args.out} and {args.out.with_suffix('.json')}")
     return 0

@@ -15,9 +15,10 @@ records the image path, and camera and pid parsed from Market-1501 (or DukeMTMC-
 when the name follows one (else they stay empty). The gallery remembers its model files; ``add``
 and ``search`` reuse them unless ``--prototxt``/``--weights`` are given, and a model whose files
 differ from the gallery's (another hash) is refused. ``--index`` chooses the FAISS index:
-``auto`` (by size: exact below 50,000 entries, IVF with 8-bit codes above), ``flat``,
-``ivf-flat``, ``ivf-sq8``, ``ivf-pq``, ``hnsw``, with parameters as ``ivf-sq8:nlist=1024,
-nprobe=32`` (see rmnet/gallery/index.py). ``search --nprobe`` overrides the search breadth.
+``auto`` (by size: exact below 50,000 entries, an HNSW graph below 2,000,000, IVF with 8-bit
+codes above), ``flat``, ``ivf-flat``, ``ivf-sq8``, ``ivf-pq``, ``hnsw``, with parameters as
+``ivf-sq8:nlist=1024,nprobe=32`` or ``hnsw:ef_search=256`` (see rmnet/gallery/index.py).
+``search --nprobe`` / ``--ef-search`` override the search breadth.
 
 Bad input (a missing folder or model file, no images, a corrupt manifest, another model's
 descriptors) ends with a one-line message naming the file and exit status 2.

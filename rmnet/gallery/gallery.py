@@ -35,10 +35,12 @@ descriptors from another model: every add and search names the model (``model_sh
 ``Embedder``'s), compared with the one stored at creation.
 
 Index choice (``rmnet.gallery.index``): ``"auto"`` (the default) picks by size at the first add,
-and a ``flat`` gallery that grows past ``FLAT_MAX`` entries is converted once to the approximate
-kind for its new size (trained on all its descriptors, which a flat index holds exactly). An IVF
-index is trained once: after a gallery has grown more than tenfold past its training size,
-rebuild it (build a new gallery from the images) for cells of the right size.
+and an auto gallery that grows into the next size class is converted once: ``flat`` to ``hnsw``
+past ``FLAT_MAX`` entries, ``hnsw`` to ``ivf-sq8`` past ``HNSW_MAX`` (both hold the descriptors
+exactly, so the new index is built, and an IVF one trained, on all of them). An ``hnsw`` search
+breadth left at its default follows the gallery's size as it grows. An IVF index is trained
+once: after a gallery has grown more than tenfold past its training size, rebuild it (build a
+new gallery from the images) for cells of the right size.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -303,14 +305,19 @@ class Gallery:
         if self.index is None:
             self._make_index(x, ids, self.index_request or ix.auto_spec(len(x)))
         else:
-            grown = len(self) + len(x)
-            if (self.index_request is None and self.spec.kind == "flat"
-                    and grown >= ix.FLAT_MAX):
+            before, grown = len(self), len(self) + len(x)
+            target = ix.auto_spec(grown)
+            if (self.index_request is None and self.spec.kind in ("flat", "hnsw")
+                    and target.kind != self.spec.kind):
                 old_ids, old_x = ix.stored_vectors(self.index)
                 self._make_index(np.concatenate([old_x, x]), np.concatenate([old_ids, ids]),
-                                 ix.auto_spec(grown))
+                                 target)
             else:
                 ix.add(self.index, x, ids)
+                if (self.spec.kind == "hnsw"
+                        and self.spec.ef_search == ix.default_ef_search(before)):
+                    self.spec = replace(self.spec, ef_search=ix.default_ef_search(grown))
+                    ix.set_search_params(self.index, self.spec)
         self.store.add(ids, entries)
         self.next_id += len(x)
         return ids
@@ -367,7 +374,6 @@ class Gallery:
                 raise GalleryError(f"{self.folder}: ef_search must be >= 1, got {ef_search}")
             changes["ef_search"] = int(ef_search)
         if changes:
-            from dataclasses import replace
             self.spec = replace(self.spec, **changes)
             ix.set_search_params(self.index, self.spec)
 

@@ -17,16 +17,26 @@ Kinds (``IndexSpec.kind``):
   (k-means) on the descriptors present when the index is made; later additions go into the
   nearest cell without retraining, which is what makes adding incremental.
 - ``hnsw``: a navigable small-world graph (``IndexHNSWFlat``, ``m`` links a node,
-  ``ef_construction``, search breadth ``ef_search``). No training; FAISS cannot remove from the
-  graph, so ``remove_ids`` here rebuilds the graph from the remaining descriptors.
+  ``ef_construction``, search breadth ``ef_search``) over the descriptors as they are. A query
+  follows links from node to node and compares itself with a few thousand descriptors instead of
+  a fixed fraction of the gallery, so its latency grows only slowly with the gallery. No
+  training, so every add is as good as the first; but the graph costs ``2 m`` links a node on top
+  of the float32 descriptor (about 1.3 KiB an entry at ``m`` 32), building it is the slowest of
+  the kinds, and FAISS cannot remove from it: ``remove`` here rebuilds the graph from the
+  remaining descriptors.
 
 ``auto_spec(n)`` chooses by the number of entries ``n``: exact below ``FLAT_MAX`` (where reading
-every descriptor stays within a few milliseconds a query), ``ivf-sq8`` up to ``SQ8_MAX``
-(256 bytes an entry: 10^7 entries in 2.5 GiB), ``ivf-pq`` above. ``nlist`` grows like the square
-root of ``n`` (cells of about a thousand entries, k-means affordable on a CPU) and ``nprobe``
-defaults to a fixed fraction of the cells (``default_nprobe``): both are in the spec, so a user
-overrides either (``parse_spec("ivf-sq8:nlist=4096,nprobe=64")``), and ``nprobe``/``ef_search``
-can be changed on a built index (``set_search_params``) without rebuilding.
+every descriptor stays within a few milliseconds a query), ``hnsw`` up to ``HNSW_MAX`` (where
+its memory, about 1.3 KiB an entry, and its build time, which grows a little faster than ``n``,
+are still modest on one machine), ``ivf-sq8`` up to ``SQ8_MAX`` (256 bytes an entry: 10^7
+entries in 2.5 GiB; it scans a fixed fraction of the gallery, so it is slower a query than
+``hnsw`` for the same recall, but 5x smaller and quick to fill), ``ivf-pq`` above. ``nlist``
+grows like the square root of ``n`` (cells of about a thousand entries, k-means affordable on a
+CPU) and ``nprobe`` defaults to a fixed fraction of the cells (``default_nprobe``); ``ef_search``
+grows like ``n ** 0.6`` (``default_ef_search``). All are in the spec, so a user
+overrides any (``parse_spec("ivf-sq8:nlist=4096,nprobe=64")``, ``"hnsw:ef_search=256"``), and
+``nprobe``/``ef_search`` can be changed on a built index (``set_search_params``) without
+rebuilding. The benchmark (``tools/bench_gallery.py``) measures where these bounds pay off.
 """
 from __future__ import annotations
 
@@ -37,7 +47,9 @@ import numpy as np
 
 KINDS = ("flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw")
 FLAT_MAX = 50_000          # auto: exact search below this many entries
+HNSW_MAX = 2_000_000       # auto: hnsw below this many entries, ivf-sq8 from there
 SQ8_MAX = 20_000_000       # auto: ivf-sq8 below this many entries, ivf-pq from there
+HNSW_M = 32                # hnsw: links a node when the spec leaves m at 0
 KMEANS_ITERS = 10          # k-means iterations for the IVF cells (FAISS's default is 25)
 TRAIN_PER_CELL = 64        # training sample: this many descriptors a cell at most
 
@@ -60,7 +72,7 @@ class IndexSpec:
     """What index to build. Parameters a kind does not use are ignored (and not stored).
 
     ``nlist`` 0 means: chosen from the number of entries at training time (``default_nlist``).
-    ``nprobe`` 0 means: ``default_nprobe(nlist)``.
+    ``nprobe`` 0 means: ``default_nprobe(nlist)``; ``ef_search`` 0: ``default_ef_search(n)``.
     """
     kind: str = "flat"
     nlist: int = 0
@@ -68,18 +80,18 @@ class IndexSpec:
     m: int = 0                 # ivf-pq: bytes (sub-quantizers) a vector; hnsw: links a node
     nbits: int = 8             # ivf-pq: bits a sub-quantizer code
     ef_construction: int = 40  # hnsw
-    ef_search: int = 64        # hnsw
+    ef_search: int = 0         # hnsw
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise IndexSpecError(f"unknown index kind {self.kind!r}; one of {', '.join(KINDS)}")
-        for name in ("nlist", "nprobe", "m"):
+        for name in ("nlist", "nprobe", "m", "ef_search"):
             if getattr(self, name) < 0:
                 raise IndexSpecError(f"index {name} must be >= 0, got {getattr(self, name)}")
         if self.kind == "ivf-pq" and not 1 <= self.nbits <= 16:
             raise IndexSpecError(f"ivf-pq nbits must be in 1..16, got {self.nbits}")
-        if self.kind == "hnsw" and (self.ef_search < 1 or self.ef_construction < 1):
-            raise IndexSpecError("hnsw ef_search and ef_construction must be >= 1")
+        if self.kind == "hnsw" and self.ef_construction < 1:
+            raise IndexSpecError("hnsw ef_construction must be >= 1")
 
     @property
     def exact(self) -> bool:
@@ -147,10 +159,20 @@ def default_nprobe(nlist: int) -> int:
     return int(min(nlist, max(8, nlist // 8)))
 
 
+def default_ef_search(n: int) -> int:
+    """HNSW search breadth for ``n`` entries: 48 at 10^5, growing like ``n ** 0.6`` (4x for
+    10x the entries, 192 at 10^6), a multiple of 16 and at least 32: a fit to the breadth that
+    reaches recall@10 0.95 against exact search on the benchmark's descriptors with ``m`` 32
+    (README, "Gallery search"). Tune it for real descriptors with ``set_search_params``."""
+    return int(max(32, 16 * math.ceil(3 * (max(n, 1) / 1e5) ** 0.6 - 1e-9)))
+
+
 def auto_spec(n: int) -> IndexSpec:
     """The index ``auto`` chooses for ``n`` entries (module doc)."""
     if n < FLAT_MAX:
         return IndexSpec("flat")
+    if n < HNSW_MAX:
+        return IndexSpec("hnsw")
     if n < SQ8_MAX:
         return IndexSpec("ivf-sq8")
     return IndexSpec("ivf-pq")
@@ -174,7 +196,7 @@ def resolve(spec: IndexSpec, n: int, dim: int) -> IndexSpec:
                 raise IndexSpecError(f"ivf-pq m={m} must divide the descriptor length {dim}")
         return replace(spec, nlist=nlist, nprobe=min(nprobe, nlist), m=m)
     if spec.kind == "hnsw":
-        return replace(spec, m=spec.m or 32)
+        return replace(spec, m=spec.m or HNSW_M, ef_search=spec.ef_search or default_ef_search(n))
     return spec
 
 
@@ -190,6 +212,8 @@ def build(spec: IndexSpec, dim: int, train: np.ndarray | None = None, seed: int 
     if spec.kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     if spec.kind == "hnsw":
+        if not spec.m or not spec.ef_search:
+            raise IndexSpecError(f"{spec}: resolve the spec (m, ef_search) before building")
         inner = faiss.IndexHNSWFlat(dim, spec.m, ip)
         inner.hnsw.efConstruction = spec.ef_construction
         inner.hnsw.efSearch = spec.ef_search
@@ -280,10 +304,11 @@ def payload_bytes(index) -> int:
     if ivf is not None:
         return n * (int(ivf.code_size) + 8) + int(ivf.nlist) * int(ivf.d) * 4
     inner = faiss.downcast_index(index.index)
-    per = int(index.d) * 4 + 8
+    total = n * (int(index.d) * 4 + 8)
     if isinstance(inner, faiss.IndexHNSW):
-        per += inner.hnsw.nb_neighbors(0) * 4 * 2   # level-0 links dominate the graph
-    return n * per
+        g = inner.hnsw   # links (int32) of every level, each node's offset and level
+        total += g.neighbors.size() * 4 + g.offsets.size() * 8 + g.levels.size() * 4
+    return int(total)
 
 
 @dataclass
