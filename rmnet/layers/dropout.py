@@ -1,9 +1,10 @@
 """Dropout that switches itself off late in training (paper V.ii, "+ Disabled dropout" row).
 
 The paper uses dropout (ratio 0.1) in every RM-block to use the whole capacity of the small net,
-and disables it "on the late iterations (when the learning rate is small enough)". Caffe's own
-Dropout layer cannot change during a run, so the train nets use this Python layer instead:
-inverted dropout (scale kept units by 1/P(keep)) until ``switch_off_iter``, identity from then
+and disables it "on the late iterations (when the learning rate is small enough)". Stock Caffe's
+Dropout layer cannot change during a run. The project's Caffe has a native option for it
+(``dropout_param.switch_off_iter``, which the generated train nets use); this Python layer is
+the same schedule for users of stock Caffe: inverted dropout (scale kept units by 1/P(keep)) until ``switch_off_iter``, identity from then
 on, and identity in the TEST phase.
 
 The layer counts its own TRAIN forward passes in a one-value parameter blob (``lr_mult: 0``), so
