@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import REPO
 
-VENV = REPO / ".venv"
+# the venv the suite runs in: .venv, or .venv-gpu with `make test GPU=1`
+VENV = REPO / (".venv-gpu" if Path(sys.prefix).name == ".venv-gpu" else ".venv")
 
 
 def write(path: Path, text: str) -> Path:
@@ -36,7 +37,7 @@ def tiny_fc_net(folder: Path, inputs: int, outputs: int) -> Path:
 
 
 def test_caffe_imports_from_the_venv(caffe):
-    assert Path(sys.prefix).resolve() == VENV.resolve(), "tests must run with .venv/bin/python"
+    assert Path(sys.prefix).resolve() == VENV.resolve(), "tests must run with .venv/bin/python (or .venv-gpu/bin/python)"
     # pycaffe comes from the build cache (outside the clone), wired in by a .pth file.
     caffe_dir = Path(caffe.__file__).resolve().parent
     assert not caffe_dir.is_relative_to(REPO), caffe_dir
