@@ -9,7 +9,13 @@ differences, with a random upstream gradient (not ones), batches > 1, odd sizes 
   (Caffe's generic path) as a control;
 - BatchNorm (batch statistics and global statistics, in place as in the nets) followed by
   Scale with a bias term, and Scale/Bias alone;
-- ELU, including large negative inputs.
+- ELU, including large negative inputs;
+- MAX pooling (planes in parallel), with overlapping windows, padding, the mask top and
+  global pooling;
+- Eltwise SUM with coefficients, Split's backward (the sum of its tops' diffs) and ReLU
+  with a negative slope;
+- that one thread, two and three give the same bits for all of these layers (each value is
+  computed by one thread in a fixed order), and the 1x1 convolution to float rounding.
 The scheduled Dropout option is tested in tests/test_dropout.py; Caffe's own gtests of these
 layers run in tests/test_caffe_gtests.py.
 """
@@ -24,13 +30,15 @@ import pytest
 from tests.conftest import numeric_grad
 
 
-def make_net(caffe, tmp_path: Path, shapes: dict[str, tuple], layers: str, phase="TRAIN"):
+def make_net(caffe, tmp_path: Path, shapes: dict[str, tuple], layers: str, phase="TRAIN",
+             force_backward: bool = True):
     inputs = "\n".join(
         f'layer {{ name: "in_{n}" type: "Input" top: "{n}" '
         f'input_param {{ shape {{ {" ".join(f"dim: {d}" for d in s)} }} }} }}'
         for n, s in shapes.items())
     path = tmp_path / "net.prototxt"
-    path.write_text(f'name: "t"\nforce_backward: true\n{inputs}\n{textwrap.dedent(layers)}')
+    force = "force_backward: true\n" if force_backward else ""
+    path.write_text(f'name: "t"\n{force}{inputs}\n{textwrap.dedent(layers)}')
     return caffe.Net(str(path), getattr(caffe, phase))
 
 
@@ -312,46 +320,233 @@ def test_elu_in_place(caffe, tmp_path):
                                rtol=1e-5, atol=1e-7)
 
 
+def test_scale_with_bias_out_of_place_accumulates_parameter_gradients(caffe, tmp_path):
+    """Scale with a bias term, not in place, backward twice without clearing the parameter
+    diffs: Caffe accumulates them, so they are twice one backward's."""
+    shape = (3, 4, 5, 6)
+    net = make_net(caffe, tmp_path, {"x": shape}, """
+        layer { name: "scale" type: "Scale" bottom: "x" top: "y"
+          scale_param { bias_term: true filler { type: "gaussian" std: 1 }
+                        bias_filler { type: "gaussian" std: 1 } } }
+    """)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma = net.params["scale"][0].data.astype(np.float64)[None, :, None, None]
+    beta = net.params["scale"][1].data.astype(np.float64)[None, :, None, None]
+    for p in net.params["scale"]:
+        p.diff[...] = 0
+    run(net, {"x": x}, {"y": dy})
+    net.backward()
+    np.testing.assert_allclose(net.blobs["y"].data, x * gamma + beta, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(net.blobs["x"].diff, dy * gamma, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(net.params["scale"][0].diff, 2 * (dy * x).sum(axis=(0, 2, 3)),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(net.params["scale"][1].diff, 2 * dy.sum(axis=(0, 2, 3)),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_scale_with_a_frozen_bias(caffe, tmp_path):
+    """lr_mult 0 on the bias (and no force_backward, which would ask for every gradient; the
+    loss weight makes Caffe run the backward pass): no bias gradient, the scale and input
+    gradients still right (the path that does not fuse the bias into the backward pass)."""
+    shape = (2, 3, 4, 5)
+    net = make_net(caffe, tmp_path, {"x": shape}, """
+        layer { name: "conv" type: "Convolution" bottom: "x" top: "h"
+          convolution_param { num_output: 3 kernel_size: 1 } }
+        layer { name: "scale" type: "Scale" bottom: "h" top: "s" loss_weight: 1
+          param { lr_mult: 1 } param { lr_mult: 0 }
+          scale_param { bias_term: true filler { type: "gaussian" std: 1 }
+                        bias_filler { type: "gaussian" std: 1 } } }
+    """, force_backward=False)
+    net.params["conv"][0].data[...] = np.eye(3)[:, :, None, None]
+    net.params["conv"][1].data[...] = 0
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma = net.params["scale"][0].data.astype(np.float64)[None, :, None, None]
+    beta = net.params["scale"][1].data.astype(np.float64)[None, :, None, None]
+    for name in ("conv", "scale"):
+        for p in net.params[name]:
+            p.diff[...] = 0
+    run(net, {"x": x}, {"s": dy})
+    np.testing.assert_allclose(net.blobs["s"].data, x * gamma + beta, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(net.blobs["h"].diff, dy * gamma, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(net.params["scale"][0].diff, (dy * x).sum(axis=(0, 2, 3)),
+                               rtol=1e-4, atol=1e-4)
+    assert not net.params["scale"][1].diff.any()
+    np.testing.assert_allclose(net.params["conv"][1].diff, (dy * gamma).sum(axis=(0, 2, 3)),
+                               rtol=1e-4, atol=1e-4)
+
+
+def max_pool_ref(x, kernel, stride, pad):
+    """float64 MAX pooling as Caffe defines it (windows clipped to the image, first maximum
+    wins; output size rounds up), with the argmax index inside each plane."""
+    n, c, h, w = x.shape
+    oh = -(-(h + 2 * pad - kernel) // stride) + 1
+    ow = -(-(w + 2 * pad - kernel) // stride) + 1
+    if pad and (oh - 1) * stride >= h + pad:
+        oh -= 1
+    if pad and (ow - 1) * stride >= w + pad:
+        ow -= 1
+    y = np.full((n, c, oh, ow), -np.inf)
+    idx = np.full((n, c, oh, ow), -1)
+    for i in range(oh):
+        for j in range(ow):
+            h0, w0 = max(i * stride - pad, 0), max(j * stride - pad, 0)
+            h1, w1 = min(i * stride - pad + kernel, h), min(j * stride - pad + kernel, w)
+            win = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
+            k = win.argmax(axis=2)
+            y[:, :, i, j] = win.max(axis=2)
+            idx[:, :, i, j] = (h0 + k // (w1 - w0)) * w + w0 + k % (w1 - w0)
+    return y, idx
+
+
+@pytest.mark.parametrize("kernel,stride,pad,shape", [
+    (2, 2, 0, (3, 4, 8, 6)),       # the nets' shortcut pooling
+    (3, 2, 1, (2, 3, 9, 7)),       # overlapping windows: gradients add up
+    (3, 1, 0, (1, 5, 4, 5)),
+])
+def test_max_pooling_forward_mask_and_gradient(caffe, tmp_path, kernel, stride, pad, shape):
+    net = make_net(caffe, tmp_path, {"x": shape}, f"""
+        layer {{ name: "pool" type: "Pooling" bottom: "x" top: "y" top: "mask"
+          pooling_param {{ pool: MAX kernel_size: {kernel} stride: {stride} pad: {pad} }} }}
+    """)
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y_ref, idx = max_pool_ref(x.astype(np.float64), kernel, stride, pad)
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    run(net, {"x": x}, {"y": dy})
+    np.testing.assert_array_equal(net.blobs["y"].data, y_ref.astype(np.float32))
+    np.testing.assert_array_equal(net.blobs["mask"].data, idx)
+    dx = np.zeros(shape)
+    planes = dx.reshape(shape[0] * shape[1], -1)
+    for p, (ix, g) in enumerate(zip(idx.reshape(len(planes), -1), dy.reshape(len(planes), -1))):
+        np.add.at(planes[p], ix, g)
+    np.testing.assert_allclose(net.blobs["x"].diff, dx, rtol=1e-6, atol=1e-7)
+
+
+def test_global_max_pooling_without_a_mask_top(caffe, tmp_path):
+    shape = (4, 6, 5, 3)
+    net = make_net(caffe, tmp_path, {"x": shape}, """
+        layer { name: "pool" type: "Pooling" bottom: "x" top: "y"
+          pooling_param { pool: MAX global_pooling: true } }
+    """)
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal((4, 6, 1, 1)).astype(np.float32)
+    run(net, {"x": x}, {"y": dy})
+    np.testing.assert_array_equal(net.blobs["y"].data[:, :, 0, 0], x.max(axis=(2, 3)))
+    flat = x.reshape(24, -1)
+    dx = np.zeros_like(flat)
+    dx[np.arange(24), flat.argmax(axis=1)] = dy.ravel()
+    np.testing.assert_array_equal(net.blobs["x"].diff, dx.reshape(shape))
+
+
+def test_eltwise_sum_with_coefficients(caffe, tmp_path):
+    """Three bottoms whose size is not a multiple of the block size; forward and the three
+    input gradients."""
+    shape = (2, 3, 37, 29)
+    net = make_net(caffe, tmp_path, {"a": shape, "b": shape, "c": shape}, """
+        layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "y"
+          eltwise_param { operation: SUM coeff: 1 coeff: -2 coeff: 0.5 } }
+    """)
+    rng = np.random.default_rng(15)
+    a, b, c = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    dy = rng.standard_normal(shape).astype(np.float32)
+    run(net, {"a": a, "b": b, "c": c}, {"y": dy})
+    np.testing.assert_allclose(net.blobs["y"].data, a.astype(np.float64) - 2 * b + 0.5 * c,
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(net.blobs["a"].diff, dy)
+    np.testing.assert_array_equal(net.blobs["b"].diff, -2 * dy)
+    np.testing.assert_array_equal(net.blobs["c"].diff, 0.5 * dy)
+
+
+def test_split_backward_sums_the_consumers_gradients(caffe, tmp_path):
+    """A blob read by three layers: Caffe inserts a Split whose backward adds the three diffs."""
+    shape = (3, 5, 11, 13)
+    net = make_net(caffe, tmp_path, {"x": shape}, """
+        layer { name: "p1" type: "Power" bottom: "x" top: "a" power_param { scale: 2 } }
+        layer { name: "p2" type: "Power" bottom: "x" top: "b" power_param { scale: -3 } }
+        layer { name: "p3" type: "Power" bottom: "x" top: "c" power_param { scale: 0.25 } }
+    """)
+    assert any(t == "Split" for t in (layer.type for layer in net.layers))
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal(shape).astype(np.float32)
+    da, db, dc = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    run(net, {"x": x}, {"a": da, "b": db, "c": dc})
+    np.testing.assert_allclose(net.blobs["x"].diff,
+                               2 * da.astype(np.float64) - 3 * db + 0.25 * dc,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_relu_with_a_negative_slope(caffe, tmp_path):
+    shape = (2, 3, 17, 19)
+    net = make_net(caffe, tmp_path, {"x": shape}, """
+        layer { name: "copy" type: "Power" bottom: "x" top: "h" }
+        layer { name: "relu" type: "ReLU" bottom: "h" top: "h" relu_param { negative_slope: 0.1 } }
+    """)
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    run(net, {"x": x}, {"h": dy})
+    np.testing.assert_allclose(net.blobs["h"].data, np.where(x > 0, x, 0.1 * x), rtol=1e-6)
+    np.testing.assert_allclose(net.blobs["x"].diff, np.where(x > 0, dy, 0.1 * dy), rtol=1e-6)
+
+
 THREADS_SCRIPT = """
 import sys, numpy as np, caffe
 caffe.set_mode_cpu()
 net = caffe.Net(sys.argv[1], caffe.TRAIN)
 rng = np.random.default_rng(3)
-net.params["conv"][0].data[...] = rng.standard_normal(net.params["conv"][0].data.shape)
-net.params["conv"][1].data[...] = rng.standard_normal(net.params["conv"][1].data.shape)
-net.blobs["x"].data[...] = rng.standard_normal(net.blobs["x"].data.shape)
+for name, layer in zip(net._layer_names, net.layers):
+    if layer.type != "BatchNorm":
+        for p in net.params.get(name, []):
+            p.data[...] = rng.standard_normal(p.data.shape)
+for name in net.inputs:
+    net.blobs[name].data[...] = rng.standard_normal(net.blobs[name].data.shape)
 net.forward()
-net.blobs["y"].diff[...] = rng.standard_normal(net.blobs["y"].data.shape) * 0.7
-for p in net.params["conv"]:
-    p.diff[...] = 0
+for name in net.outputs:
+    net.blobs[name].diff[...] = rng.standard_normal(net.blobs[name].data.shape) * 0.7
+for params in net.params.values():
+    for p in params:
+        p.diff[...] = 0
 net.backward()
-np.savez(sys.argv[2], y=net.blobs["y"].data, dx=net.blobs["x"].diff,
-         dw=net.params["conv"][0].diff, db=net.params["conv"][1].diff)
+out = {f"data:{k}": b.data for k, b in net.blobs.items()}
+out.update({f"diff:{k}": b.diff for k, b in net.blobs.items()})
+out.update({f"param:{k}:{i}": p.diff for k, ps in net.params.items() for i, p in enumerate(ps)})
+np.savez(sys.argv[2], **out)
 """
+
+
+def run_on_threads(tmp_path: Path, net_path: Path, thread_counts) -> list[dict]:
+    """THREADS_SCRIPT on net_path in a fresh process per OMP_NUM_THREADS value."""
+    import os
+    import subprocess
+    import sys
+
+    results = []
+    for run_no, threads in enumerate(thread_counts):
+        out = tmp_path / f"r{run_no}.npz"
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), GLOG_minloglevel="2")
+        done = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(net_path), str(out)],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results.append(dict(np.load(out)))
+    return results
 
 
 def test_1x1_convolution_gives_the_same_result_on_any_thread_count(caffe, tmp_path):
     """The batch is split into per-thread image ranges with private gradient sums: 1 thread
     (the stock loop), 2, and 3 threads on 5 images (uneven ranges) agree to float rounding,
     and the same thread count gives the same bits twice."""
-    import os
-    import subprocess
-    import sys
-
     net_path = tmp_path / "conv.prototxt"
     net_path.write_text(
         'force_backward: true\n'
         'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 5 dim: 6 dim: 4 dim: 3 } } }\n'
         'layer { name: "conv" type: "Convolution" bottom: "x" top: "y"\n'
         '  convolution_param { num_output: 7 kernel_size: 1 } }\n')
-    results = {}
-    for run_no, threads in enumerate((1, 2, 3, 3)):
-        out = tmp_path / f"r{run_no}.npz"
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), GLOG_minloglevel="2")
-        done = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(net_path), str(out)],
-                              env=env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-2000:]
-        results[run_no] = dict(np.load(out))
+    results = run_on_threads(tmp_path, net_path, (1, 2, 3, 3))
     for run_no in (1, 2):
         for key, ref in results[0].items():
             np.testing.assert_allclose(results[run_no][key], ref, rtol=1e-5, atol=1e-5,
@@ -359,4 +554,35 @@ def test_1x1_convolution_gives_the_same_result_on_any_thread_count(caffe, tmp_pa
     for key in results[2]:
         np.testing.assert_array_equal(results[2][key], results[3][key], err_msg=key)
     # the weight gradient really is a sum over all five images
-    assert np.abs(results[0]["dw"]).max() > 0.1
+    assert np.abs(results[0]["param:conv:0"]).max() > 0.1
+
+
+def test_the_other_patched_layers_give_the_same_bits_on_any_thread_count(caffe, tmp_path):
+    """BatchNorm, Scale with bias, ELU, ReLU, depthwise convolution, MAX pooling, Eltwise SUM
+    and Split compute every value on one thread in a fixed order, so 1, 2 and 3 threads give
+    identical outputs and gradients (odd sizes, so the threads' ranges are uneven)."""
+    net_path = tmp_path / "block.prototxt"
+    net_path.write_text(textwrap.dedent("""\
+        force_backward: true
+        layer { name: "x" type: "Input" top: "x"
+                input_param { shape { dim: 5 dim: 7 dim: 13 dim: 9 } } }
+        layer { name: "bn" type: "BatchNorm" bottom: "x" top: "b" }
+        layer { name: "scale" type: "Scale" bottom: "b" top: "b" scale_param { bias_term: true } }
+        layer { name: "elu" type: "ELU" bottom: "b" top: "b" }
+        layer { name: "dw" type: "Convolution" bottom: "b" top: "d"
+                convolution_param { num_output: 7 group: 7 kernel_size: 3 pad: 1 stride: 2 } }
+        layer { name: "relu" type: "ReLU" bottom: "d" top: "d" relu_param { negative_slope: 0.2 } }
+        layer { name: "pool" type: "Pooling" bottom: "x" top: "p"
+                pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+        layer { name: "sum" type: "Eltwise" bottom: "d" bottom: "p" top: "y" }
+        layer { name: "sq" type: "Power" bottom: "y" top: "z" power_param { power: 2 } }
+        """))
+    # x feeds BatchNorm and the pooling: Caffe inserts a Split
+    assert "Split" in [layer.type for layer in caffe.Net(str(net_path), caffe.TRAIN).layers]
+    results = run_on_threads(tmp_path, net_path, (1, 2, 3))
+    for threads, result in zip((2, 3), results[1:]):
+        assert result.keys() == results[0].keys()
+        for key, ref in results[0].items():
+            np.testing.assert_array_equal(result[key], ref, err_msg=f"{key}, {threads} threads")
+    assert np.abs(results[0]["diff:x"]).max() > 1e-3
+    assert np.abs(results[0]["param:scale:0"]).max() > 1e-3

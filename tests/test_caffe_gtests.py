@@ -17,6 +17,9 @@ EXPECTED_CASES = {
     "BiasLayerTest": 20,
     "NeuronLayerTest": 58,                    # ELU and Dropout among them
     "ScheduledDropoutTest": 5,                # the switch_off_iter option
+    "PoolingLayerTest": 11,                   # MAX with and without the mask top
+    "EltwiseLayerTest": 10,                   # SUM with coefficients among them
+    "SplitLayerTest": 3,
 }
 
 
@@ -32,7 +35,9 @@ def test_caffe_gtests_of_the_patched_layers_pass():
     for case, at_least in EXPECTED_CASES.items():
         assert len(per_case.get(case, ())) >= at_least, (case, sorted(per_case.get(case, ())))
     for name in ("TestELU", "TestELUGradient", "TestDropoutHalf", "TestDropoutGradient",
-                 "Test1x1Convolution", "Test1x1Gradient", "TestSimpleConvolutionGroup"):
+                 "Test1x1Convolution", "Test1x1Gradient", "TestSimpleConvolutionGroup",
+                 "TestReLUGradientWithNegativeSlope", "TestGradientMaxTopMask",
+                 "TestSumCoeffGradient"):
         assert any(name in tests for tests in per_case.values()), name
     assert re.search(r"^\[  PASSED  \] \d+ tests", out.stdout, re.M), text[-2000:]
     assert "FAILED" not in out.stdout

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Caffe's own gtests of the layers the project's patches change (convolution with its 1x1
-# and depthwise paths, BatchNorm, Scale, Bias, the neuron layers with ELU and Dropout, scheduled
-# Dropout) against the patched library that `make setup` built and wired into the venv.
+# and depthwise paths, BatchNorm, Scale, Bias, the neuron layers with ELU, ReLU and Dropout,
+# scheduled Dropout, Pooling, Eltwise, Split) against the patched library that `make setup` built and wired into the venv.
 # scripts/setup.sh builds the test binary with the library and keeps it in the build cache
 # (<prefix>/test/test.testbin), so this only runs it (CPU tests only).
 #
