@@ -94,6 +94,38 @@ def test_status_matches_the_build():
         assert STATUS.count > 0 or STATUS.reason.startswith(("no NVIDIA driver", "no CUDA"))
 
 
+def test_a_cuda_caffe_without_a_gpu_does_not_print_its_context_errors():
+    """What a CUDA Caffe prints on stderr on a machine without a GPU when set_mode_cpu()
+    creates its context and when it is seeded: those three errors go, glog's notice goes with
+    them, and any other message stays (with the notice)."""
+    from rmnet.caffe.pycaffe import drop_no_gpu_noise
+
+    notice = "WARNING: Logging before InitGoogleLogging() is written to STDERR\n"
+    noise = ("E20261201 15:55:26.783641 32069 common.cpp:114] Cannot create Cublas handle. "
+             "Cublas won't be available.\n"
+             "E20261201 15:55:26.783721 32069 common.cpp:121] Cannot create Curand generator. "
+             "Curand won't be available.\n"
+             "E20261201 15:56:37.701264 32069 common.cpp:141] Curand not available. Skipping "
+             "setting the curand seed.\n")
+    other = "E20261201 15:55:26.790000 32069 net.cpp:1] Something else went wrong\n"
+    assert drop_no_gpu_noise(notice + noise) == ""
+    assert drop_no_gpu_noise(notice + noise + other) == notice + other
+    assert drop_no_gpu_noise(other) == other
+    assert drop_no_gpu_noise("") == ""
+
+
+def test_import_caffe_prints_nothing_on_this_machine():
+    """Through rmnet's import, pycaffe (CPU or CUDA build, with or without a GPU) starts in
+    CPU mode without a word on stderr."""
+    code = ("from rmnet.caffe.pycaffe import import_caffe\n"
+            "caffe = import_caffe()\n"
+            "caffe.Net  # the module really loaded\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "GLOG_minloglevel"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
 # --- the checks' machinery, on the CPU --------------------------------------------------------
 
 @pytest.mark.parametrize("case", gpucheck.NATIVE_CASES, ids=lambda c: c.name)

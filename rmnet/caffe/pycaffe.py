@@ -12,7 +12,9 @@ shapes, an Eltwise over blobs of different shapes say, are checked by Caffe's ru
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,13 +24,68 @@ from rmnet.caffe.protos import net_text, read_net
 from rmnet.caffe.shapes import check_shapes
 
 
+# What a CUDA-built Caffe logs (glog ERROR) on a machine without a GPU when it creates its context
+# and when it is given a random seed: nothing a CPU run needs, and the same on every run.
+NO_GPU_NOISE = ("Cannot create Cublas handle. Cublas won't be available.",
+                "Cannot create Curand generator. Curand won't be available.",
+                "Curand not available. Skipping setting the curand seed.")
+GLOG_NOTICE = "WARNING: Logging before InitGoogleLogging() is written to STDERR"
+
+
+def drop_no_gpu_noise(text: str) -> str:
+    """``text`` (captured stderr) without the lines that end in one of ``NO_GPU_NOISE``, and
+    without glog's notice that precedes its first message when nothing else is left."""
+    kept = [line for line in text.splitlines(keepends=True)
+            if not line.rstrip("\n").endswith(NO_GPU_NOISE)]
+    if all(line.rstrip("\n") == GLOG_NOTICE for line in kept):
+        return ""
+    return "".join(kept)
+
+
+def _cuda_without_gpu() -> bool:
+    """The imported pycaffe is a CUDA build and this machine has no usable GPU."""
+    from rmnet.caffe.gpu import device_count, loaded_cudart
+
+    cudart = loaded_cudart()
+    try:
+        return cudart is not None and device_count(cudart)[0] == 0
+    except (OSError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def without_no_gpu_noise():
+    """Run the block with stderr (file descriptor 2, where glog writes) captured, and give it
+    back without the ``NO_GPU_NOISE`` lines, when a CUDA Caffe runs on a machine without a
+    GPU; otherwise (the CPU build, or a GPU present) nothing is captured."""
+    if not _cuda_without_gpu():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            rest = drop_no_gpu_noise(captured.read().decode(errors="replace"))
+            if rest:
+                sys.stderr.write(rest)
+                sys.stderr.flush()
+
+
 def import_caffe():
     """pycaffe in CPU mode, quiet (glog's INFO lines list every layer) unless
-    ``GLOG_minloglevel`` is set."""
+    ``GLOG_minloglevel`` is set; a CUDA build on a machine without a GPU does not print its
+    "won't be available" errors (see ``without_no_gpu_noise``)."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     import caffe
 
-    caffe.set_mode_cpu()
+    with without_no_gpu_noise():
+        caffe.set_mode_cpu()            # creates Caffe's context (cuBLAS, cuRAND in a CUDA build)
     return caffe
 
 

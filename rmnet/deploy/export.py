@@ -41,7 +41,7 @@ import numpy as np
 
 from rmnet.atomic import atomic_path, write_bytes
 from rmnet.caffe import caffemodel
-from rmnet.caffe.pycaffe import import_caffe, save_net
+from rmnet.caffe.pycaffe import import_caffe, save_net, without_no_gpu_noise
 from rmnet.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend, PycaffeBackend, runtime_available
 from rmnet.deploy.graph import ExportError, load_graph
 from rmnet.deploy.onnx import to_onnx
@@ -301,7 +301,8 @@ def random_caffemodel(prototxt: str | os.PathLike, out: str | os.PathLike,
     RMNet, which measures the random net's conditioning, not the export.)
     """
     caffe = import_caffe()
-    caffe.set_random_seed(seed)
+    with without_no_gpu_noise():
+        caffe.set_random_seed(seed)
     net = caffe.Net(str(prototxt), caffe.TEST)
     rng = np.random.default_rng(seed)
     for layer, lname in zip(net.layers, net._layer_names):
