@@ -192,12 +192,15 @@ def test_fatbin_check_refuses_a_library_without_device_code():
         import re
         record = (cpu_lib.parent.parent / "cuobjdump.txt").read_text()
         assert "PTX ISA 7.8 (CUDA 11.8)" in record
-        cubins = re.search(r"cubins \(([^)]*)\)", record).group(1)
-        archs = " ".join(a.removeprefix("sm_") for a in cubins.split())
-        out = setup_out("--verify-fatbin", str(cpu_lib), env={"RMNET_CUDA_ARCH_BIN": archs})
+        def archs(kind: str) -> str:
+            listed = re.search(kind + r" \(([^)]*)\)", record).group(1)
+            return " ".join(a.removeprefix("sm_") for a in listed.split())
+        built_for = {"RMNET_CUDA_ARCH_BIN": archs("cubins"), "RMNET_CUDA_ARCH_PTX": archs("PTX")}
+        out = setup_out("--verify-fatbin", str(cpu_lib), env=built_for)
         assert out.returncode == 0, out.stdout
         assert out.stdout.strip() == record.strip()
-        bad = setup_out("--verify-fatbin", str(cpu_lib), env={"RMNET_CUDA_ARCH_BIN": "52"})
+        bad = setup_out("--verify-fatbin", str(cpu_lib),
+                        env={**built_for, "RMNET_CUDA_ARCH_BIN": "52"})
         assert bad.returncode != 0 and "lacks: sm_52 cubin" in bad.stdout
 
 
