@@ -167,9 +167,13 @@ def test_setup_usage_error():
 def test_make_selects_the_gpu_recipe_and_venv_only_with_gpu_1():
     if not shutil.which("make"):
         pytest.skip("no make")
+    # Under `make test GPU=1`, make passes GPU=1 down through MAKEFLAGS: start from a clean slate.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GPU")}
+
     def dry(*args):
         return subprocess.run(["make", "-n", "-C", str(REPO), *args], capture_output=True,
-                              text=True).stdout
+                              text=True, env=env).stdout
     assert "scripts/setup.sh --gpu" in dry("setup", "GPU=1")
     assert "--gpu" not in dry("setup") and "--gpu" not in dry("test")
     assert ".venv/bin/python -m pytest" in dry("test")
