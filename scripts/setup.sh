@@ -339,7 +339,7 @@ step_caffe_build() {
   if [ "$GPU" = 1 ]; then
     # Only Debian's CUDA 11.8 toolchain may be found by bare name (see PATH_FOR_CUDA).
     export PATH=$PATH_FOR_CUDA
-    progress "building CUDA Caffe into $prefix for sm $CUDA_ARCH_BIN + PTX $CUDA_ARCH_PTX (about 3 minutes per architecture on 2 cores; log: $CURRENT_LOG)"
+    progress "building CUDA Caffe into $prefix for sm $CUDA_ARCH_BIN + PTX $CUDA_ARCH_PTX (on 2 cores about 16 minutes for the default six architectures, 10 for one; log: $CURRENT_LOG)"
   else
     progress "building Caffe into $prefix (about 7 minutes on 2 cores; log: $CURRENT_LOG)"
   fi
