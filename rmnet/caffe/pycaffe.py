@@ -13,6 +13,7 @@ shapes, an Eltwise over blobs of different shapes say, are checked by Caffe's ru
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import tempfile
@@ -42,15 +43,14 @@ def drop_no_gpu_noise(text: str) -> str:
     return "".join(kept)
 
 
+@functools.cache
 def _cuda_without_gpu() -> bool:
-    """The imported pycaffe is a CUDA build and this machine has no usable GPU."""
-    from rmnet.caffe.gpu import device_count, loaded_cudart
+    """The imported pycaffe is a CUDA build and this machine has no usable GPU (asked once per
+    process: the answer does not change)."""
+    from rmnet.caffe.gpu import gpu_status
 
-    cudart = loaded_cudart()
-    try:
-        return cudart is not None and device_count(cudart)[0] == 0
-    except (OSError, AttributeError):
-        return False
+    status = gpu_status()
+    return status.cudart is not None and status.count == 0
 
 
 @contextlib.contextmanager
