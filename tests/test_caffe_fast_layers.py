@@ -21,6 +21,9 @@ layers run in tests/test_caffe_gtests.py.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -521,10 +524,6 @@ np.savez(sys.argv[2], **out)
 
 def run_on_threads(tmp_path: Path, net_path: Path, thread_counts) -> list[dict]:
     """THREADS_SCRIPT on net_path in a fresh process per OMP_NUM_THREADS value."""
-    import os
-    import subprocess
-    import sys
-
     results = []
     for run_no, threads in enumerate(thread_counts):
         out = tmp_path / f"r{run_no}.npz"

@@ -4,6 +4,7 @@ comparison, finite differences, log parsing) works, run on the CPU. On a machine
 (after `make setup GPU=1`, tests run by .venv-gpu/bin/python): the GPU against the CPU."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -120,7 +121,7 @@ def test_import_caffe_prints_nothing_on_this_machine():
     code = ("from rmnet.caffe.pycaffe import import_caffe\n"
             "caffe = import_caffe()\n"
             "caffe.Net  # the module really loaded\n")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "GLOG_minloglevel"}
+    env = {k: v for k, v in os.environ.items() if k != "GLOG_minloglevel"}
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and r.stderr == "", r.stderr
