@@ -368,9 +368,12 @@ step_caffe_build() {
     make -C "$build/obj" -j"$JOBS" test.testbin
     mkdir -p "$stage$prefix/test"
     cp "$build/obj/test/test.testbin" "$stage$prefix/test/"
-    # The OpenMP OpenBLAS must be the one libcaffe loads (see OPENMP_BLAS).
-    ldd "$stage$prefix/lib/libcaffe.so" | grep -q "=> ${OPENMP_BLAS%/*}/" ||
-      { echo "$stage$prefix/lib/libcaffe.so does not load $OPENMP_BLAS:"; ldd "$stage$prefix/lib/libcaffe.so"; return 1; }
+    # The OpenMP OpenBLAS must be the one libcaffe loads (see OPENMP_BLAS). The output is
+    # captured first: `ldd | grep -q` fails under pipefail when grep exits before ldd is done.
+    local libs
+    libs=$(ldd "$stage$prefix/lib/libcaffe.so")
+    grep -q "=> ${OPENMP_BLAS%/*}/" <<<"$libs" ||
+      { echo "$stage$prefix/lib/libcaffe.so does not load $OPENMP_BLAS:"; echo "$libs"; return 1; }
   fi
   if [ "$GPU" = 1 ]; then
     # NCCL beside libcaffe.so (found through its RPATH), so the install does not depend on the
@@ -389,7 +392,7 @@ step_caffe_build() {
 
 cuda_toolkit_ok() {
   [ -x /usr/bin/nvcc ] && [ -x "$CUDA_HOST_COMPILER" ] &&
-    PATH=$PATH_FOR_CUDA nvcc --version 2>/dev/null | grep -q "release $CUDA_TOOLKIT_VERSION,"
+    grep -q "release $CUDA_TOOLKIT_VERSION," <<<"$(PATH=$PATH_FOR_CUDA nvcc --version 2>/dev/null)"
 }
 
 # cuda_apt_sources: the system's Debian repositories (as apt is configured), each with the
@@ -421,8 +424,10 @@ cuda_apt_sources() {
 # package is installed, a file-less package stands in for those two (the compilers and
 # runtime libraries need no driver to build).
 driver_installed() {
-  dpkg-query -W -f='${db:Status-Status} ${Package} ${Provides}\n' 2>/dev/null |
-    awk '$1 == "installed"' | grep -q 'libcuda\.so\.1\|^installed libcuda1 '
+  local installed   # captured: a `| grep -q` would fail under pipefail if grep exits early
+  installed=$(dpkg-query -W -f='${db:Status-Status} ${Package} ${Provides}\n' 2>/dev/null |
+    awk '$1 == "installed"')
+  grep -q 'libcuda\.so\.1\|^installed libcuda1 ' <<<"$installed"
 }
 
 driver_stub_deb() {
