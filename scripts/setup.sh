@@ -96,7 +96,7 @@ OPENMP_BLAS_FLAGS=(-DOpenBLAS_LIB="$OPENMP_BLAS")
 
 # Caffe's own gtests of the layers our patches change, built with the patched library into
 # <prefix>/test/test.testbin (run by scripts/caffe/gtest.sh); part of the cache key.
-CAFFE_GTESTS=convolution_layer,depthwise_convolution_layer,batch_norm_layer,scale_layer,bias_layer,neuron_layer,scheduled_dropout_layer,pooling_layer,eltwise_layer,split_layer
+CAFFE_GTESTS=convolution_layer,depthwise_convolution_layer,batch_norm_layer,scale_layer,bias_layer,neuron_layer,scheduled_dropout_layer,pooling_layer,eltwise_layer,split_layer,layer_chains,net
 
 # --stock-caffe: Debian's source with only these of our patches (the ones needed to build).
 STOCK_PATCHES=(0001-protobuf-SetTotalBytesLimit-one-argument.patch)

@@ -20,6 +20,8 @@ EXPECTED_CASES = {
     "PoolingLayerTest": 11,                   # MAX with and without the mask top
     "EltwiseLayerTest": 10,                   # SUM with coefficients among them
     "SplitLayerTest": 3,
+    "NetTest": 26,                            # Caffe's: forward/backward ranges among them
+    "BatchNormScaleChainTest": 7,             # Net's fused chains (and Eltwise -> ELU)
 }
 
 
@@ -37,7 +39,8 @@ def test_caffe_gtests_of_the_patched_layers_pass():
     for name in ("TestELU", "TestELUGradient", "TestDropoutHalf", "TestDropoutGradient",
                  "Test1x1Convolution", "Test1x1Gradient", "TestSimpleConvolutionGroup",
                  "TestReLUGradientWithNegativeSlope", "TestGradientMaxTopMask",
-                 "TestSumCoeffGradient"):
+                 "TestSumCoeffGradient", "TestFromTo", "TestMatchesTheLayersWithDropout",
+                 "TestGradient", "TestEltwiseELUMatchesTheLayers"):
         assert any(name in tests for tests in per_case.values()), name
     assert re.search(r"^\[  PASSED  \] \d+ tests", out.stdout, re.M), text[-2000:]
     assert "FAILED" not in out.stdout
