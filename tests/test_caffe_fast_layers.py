@@ -2,13 +2,15 @@
 
 Each patched layer against numpy's float64 maths of the same layer and against central
 differences, with a random upstream gradient (not ones), batches > 1, odd sizes and strides:
-- 1x1 convolutions (the batch split across OpenMP threads), with and without bias, several
-  bottoms;
+- convolutions with the batch split across OpenMP threads: 1x1 (with and without bias,
+  several bottoms), 3x3 with an im2col buffer per thread, and grouped ones;
 - depthwise convolutions (group == channels == num_output: the direct path), strides 1-3,
-  padding, dilation, rectangular kernels; and a grouped convolution that is not depthwise
-  (Caffe's generic path) as a control;
+  padding, dilation, rectangular kernels, including the zero-padded-plane path of stride 1;
 - BatchNorm (batch statistics and global statistics, in place as in the nets) followed by
   Scale with a bias term, and Scale/Bias alone;
+- Net's fused BatchNorm -> Scale -> ELU / scheduled Dropout and Eltwise SUM -> ELU chains
+  against the same layers run one by one (and numpy), against central differences, with
+  forward and backward ranges that split a chain, and in the generated light net;
 - ELU, including large negative inputs;
 - MAX pooling (planes in parallel), with overlapping windows, padding, the mask top and
   global pooling;
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import numeric_grad
+from tests.conftest import REPO, central_difference, numeric_grad
 
 
 def make_net(caffe, tmp_path: Path, shapes: dict[str, tuple], layers: str, phase="TRAIN",
@@ -117,6 +119,11 @@ CONV_CASES = [
     ("depthwise 3x3 s2", (3, 4, 9, 6), 4, (3, 3), 2, 1, 1, 4, True),
     ("depthwise 3x2 s3 dil2", (2, 3, 11, 9), 3, (3, 2), 3, 2, 2, 3, False),
     ("grouped, not depthwise", (2, 4, 6, 5), 6, (3, 3), 2, 1, 1, 2, True),
+    ("3x3 s2 (im2col per thread)", (3, 3, 9, 7), 5, (3, 3), 2, 1, 1, 1, True),
+    # stride 1, 0 <= pad <= dilation * (kernel - 1): the zero-padded plane path
+    ("depthwise 5x3 s1 pad 2", (3, 4, 6, 5), 4, (5, 3), 1, 2, 1, 4, False),
+    ("depthwise 3x3 s1 pad 0", (2, 3, 6, 7), 3, (3, 3), 1, 0, 1, 3, True),
+    ("depthwise 3x3 s1 dil2", (2, 3, 8, 7), 3, (3, 3), 1, 2, 2, 3, False),
 ]
 
 
@@ -259,6 +266,168 @@ def test_batchnorm_global_stats_and_scale(caffe, tmp_path):
     np.testing.assert_allclose(net.blobs["x"].diff, dy * gamma / sd, rtol=1e-4, atol=1e-5)
 
 
+CHAIN_AFTER = {
+    "ELU": 'layer {{ name: "act" type: "ELU" bottom: "{b}" top: "{c}" elu_param {{ alpha: 0.7 }} }}',
+    "Dropout": 'layer {{ name: "act" type: "Dropout" bottom: "{b}" top: "{c}" '
+               'param {{ lr_mult: 0 decay_mult: 0 }} '
+               'dropout_param {{ dropout_ratio: 0.3 switch_off_iter: 100 }} }}',
+    "": "",
+}
+
+
+def chain_net(caffe, tmp_path: Path, after: str, in_place: bool, shape=(5, 6, 7, 9)):
+    """Copy -> BatchNorm -> Scale with bias -> `after` -> Power, all in place on "h" (Net runs
+    BatchNorm..after as one pass) or on distinct blobs (Net runs them one by one)."""
+    a, b, c = ("h", "h", "h") if in_place else ("b1", "b2", "b3" if after else "b2")
+    copy_top = "h" if in_place else "h0"
+    layers = f"""
+        layer {{ name: "copy" type: "Power" bottom: "x" top: "{copy_top}" }}
+        layer {{ name: "bn" type: "BatchNorm" bottom: "{copy_top}" top: "{a}" }}
+        layer {{ name: "scale" type: "Scale" bottom: "{a}" top: "{b}"
+          scale_param {{ bias_term: true filler {{ type: "gaussian" std: 1 }}
+                        bias_filler {{ type: "gaussian" std: 1 }} }} }}
+        {CHAIN_AFTER[after].format(b=b, c=c)}
+        layer {{ name: "out" type: "Power" bottom: "{c}" top: "z" power_param {{ scale: 1.5 }} }}
+    """
+    (tmp_path / ("in_place" if in_place else "apart")).mkdir(exist_ok=True)
+    return make_net(caffe, tmp_path / ("in_place" if in_place else "apart"), {"x": shape}, layers)
+
+
+def chain_pair(caffe, tmp_path: Path, after: str):
+    """The in-place (fused) and distinct-blob nets with the same parameters."""
+    fused, apart = chain_net(caffe, tmp_path, after, True), chain_net(caffe, tmp_path, after, False)
+    for name, params in fused.params.items():
+        for p, q in zip(params, apart.params[name]):
+            q.data[...] = p.data
+            p.diff[...] = q.diff[...] = 0.25          # gradients accumulate on top of this
+    return fused, apart
+
+
+def assert_nets_agree(fused, apart):
+    np.testing.assert_allclose(fused.blobs["z"].data, apart.blobs["z"].data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused.blobs["x"].diff, apart.blobs["x"].diff, rtol=1e-5, atol=1e-6)
+    for name, params in fused.params.items():
+        for i, (p, q) in enumerate(zip(params, apart.params[name])):
+            np.testing.assert_allclose(p.data, q.data, rtol=1e-5, atol=1e-6, err_msg=f"{name} {i}")
+            np.testing.assert_allclose(p.diff, q.diff, rtol=1e-5, atol=1e-5, err_msg=f"{name} {i}")
+
+
+@pytest.mark.parametrize("after", ["ELU", "Dropout", ""])
+def test_a_fused_batchnorm_scale_chain_computes_what_the_layers_compute(caffe, tmp_path, after):
+    """Net runs BatchNorm -> Scale (-> ELU or scheduled Dropout) in place as one pass; the same
+    layers on distinct blobs run one by one. Outputs, input gradients, running statistics, the
+    Dropout's counter and the accumulated parameter gradients agree, over two iterations."""
+    fused, apart = chain_pair(caffe, tmp_path, after)
+    assert fused._fused_chains == [(2, 3 if after else 2)]
+    assert apart._fused_chains == []
+    rng = np.random.default_rng(21)
+    for _ in range(2):
+        x = (rng.standard_normal((5, 6, 7, 9)) * 2 + 1).astype(np.float32)
+        dz = rng.standard_normal((5, 6, 7, 9)).astype(np.float32)
+        run(fused, {"x": x}, {"z": dz})
+        run(apart, {"x": x}, {"z": dz})
+        assert_nets_agree(fused, apart)
+    assert np.abs(fused.blobs["x"].diff).max() > 1e-3
+    if after == "Dropout":   # the mask was applied: about 30% of the outputs are exactly zero
+        assert 0.2 < (fused.blobs["z"].data == 0).mean() < 0.4
+        assert fused.params["act"][0].data[0] == 2
+
+
+def test_a_fused_chain_against_central_differences(caffe, tmp_path):
+    """The fused BatchNorm -> Scale -> ELU backward pass against central differences of
+    sum(z * dz) (dz random, not ones), at a few input elements."""
+    fused = chain_net(caffe, tmp_path, "ELU", True)
+    assert fused._fused_chains == [(2, 3)]
+    rng = np.random.default_rng(22)
+    x = (rng.standard_normal((5, 6, 7, 9)) * 2 + 1).astype(np.float32)
+    dz = rng.standard_normal((5, 6, 7, 9)).astype(np.float32)
+    run(fused, {"x": x}, {"z": dz})
+    analytic = fused.blobs["x"].diff.copy()
+    f = weighted_loss(fused, {"x": x}, {"z": dz})
+    for idx in [(0, 0, 0, 0), (2, 3, 4, 5), (4, 5, 6, 8), (1, 2, 3, 1)]:
+        assert central_difference(f, x, idx, 1e-2) == pytest.approx(analytic[idx], rel=2e-2,
+                                                              abs=2e-3), idx
+
+
+@pytest.mark.parametrize("steps", [
+    [("f", 0, 5), ("b", 5, 3), ("b", 2, 0)],      # backward split inside the chain
+    [("f", 0, 2), ("f", 3, 5), ("b", 5, 0)],      # forward split inside the chain
+    [("f", 0, 5), ("b", 5, 4), ("b", 3, 0)],
+])
+def test_partial_passes_through_a_chain_run_the_layers(caffe, tmp_path, steps):
+    """Forward or backward ranges that cover only part of a chain run its layers one by one,
+    with what the layers alone compute (the Scale finds its input where the last forward pass
+    left it)."""
+    fused, apart = chain_pair(caffe, tmp_path, "ELU")
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((5, 6, 7, 9)).astype(np.float32)
+    dz = rng.standard_normal((5, 6, 7, 9)).astype(np.float32)
+    for net in (fused, apart):
+        net.blobs["x"].data[...] = x
+        for kind, first, last in steps:
+            if kind == "f":
+                net._forward(first, last)
+            else:
+                if first == 5:
+                    net.blobs["z"].diff[...] = dz
+                net._backward(first, last)
+    assert_nets_agree(fused, apart)
+
+
+def test_a_fused_eltwise_elu_chain_computes_what_the_layers_compute(caffe, tmp_path):
+    """Eltwise SUM (coefficients 1 and -0.5) with an ELU in place on its top runs as one pass;
+    the same with the ELU on another blob runs one by one: the same output and gradients."""
+    nets = []
+    for e in ("s", "e"):
+        (tmp_path / e).mkdir()
+        nets.append(make_net(caffe, tmp_path / e, {"a": (3, 4, 5, 7), "b": (3, 4, 5, 7)}, f"""
+            layer {{ name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "s"
+                     eltwise_param {{ operation: SUM coeff: 1 coeff: -0.5 }} }}
+            layer {{ name: "act" type: "ELU" bottom: "s" top: "{e}" elu_param {{ alpha: 0.7 }} }}
+            layer {{ name: "out" type: "Power" bottom: "{e}" top: "z" power_param {{ scale: 2 }} }}
+        """))
+    fused, apart = nets
+    assert fused._fused_chains == [(2, 2)] and apart._fused_chains == []
+    rng = np.random.default_rng(24)
+    inputs = {k: (rng.standard_normal((3, 4, 5, 7)) * 2).astype(np.float32) for k in "ab"}
+    dz = rng.standard_normal((3, 4, 5, 7)).astype(np.float32)
+    for net in nets:
+        run(net, inputs, {"z": dz})
+    s = inputs["a"].astype(np.float64) - 0.5 * inputs["b"]
+    t = np.where(s > 0, s, 0.7 * np.expm1(np.minimum(s, 0)))
+    np.testing.assert_allclose(fused.blobs["z"].data, 2 * t, rtol=1e-5, atol=1e-6)
+    da = 2 * dz * np.where(s > 0, 1.0, t + 0.7)
+    for net in nets:
+        np.testing.assert_allclose(net.blobs["a"].diff, da, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(net.blobs["b"].diff, -0.5 * da, rtol=1e-5, atol=1e-6)
+
+
+def test_the_light_net_runs_every_batchnorm_and_eltwise_as_a_chain(caffe, tmp_path):
+    """In the generated light net every BatchNorm starts a fused chain, with the ELU after it
+    wherever there is one, and so does every Eltwise SUM with its ELU."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    param = text_format.Parse((REPO / "prototxt" / "light" / "deploy.prototxt").read_text(),
+                              caffe_pb2.NetParameter())
+    param.layer[0].input_param.shape[0].dim[0] = 2
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(text_format.MessageToString(param))
+    net = caffe.Net(str(path), caffe.TEST)
+    types = [layer.type for layer in net.layers]
+    chains = [(first, count) for first, count in net._fused_chains if types[first] == "BatchNorm"]
+    sums = [(first, count) for first, count in net._fused_chains if types[first] == "Eltwise"]
+    assert len(chains) + len(sums) == len(net._fused_chains)
+    assert len(chains) == types.count("BatchNorm")
+    for first, count in chains:
+        assert types[first + 1] == "Scale"
+        if count == 3:
+            assert types[first + 2] == "ELU"
+    assert sum(count == 3 for _, count in chains) > len(chains) // 2
+    assert len(sums) == types.count("Eltwise") > 0
+    assert all(count == 2 and types[first + 1] == "ELU" for first, count in sums)
+
+
 def test_scale_with_a_bottom_scale_and_axis(caffe, tmp_path):
     """Scale by a second bottom over axes 1-2 (not the parameter path): diffs of both bottoms."""
     net = make_net(caffe, tmp_path, {"x": (2, 3, 4, 5), "s": (3, 4)}, """
@@ -297,13 +466,8 @@ def test_elu_forward_and_gradient(caffe, tmp_path):
     for idx in [(0, 1, 2, 3), (2, 4, 6, 8), (1, 0, 0, 5)]:
         if abs(x[idx]) < 0.05:
             continue
-        old = x[idx]
-        x[idx] = old + 1e-2
-        plus = f()
-        x[idx] = old - 1e-2
-        minus = f()
-        x[idx] = old
-        assert (plus - minus) / 2e-2 == pytest.approx(analytic[idx], rel=5e-3, abs=1e-3), idx
+        assert central_difference(f, x, idx, 1e-2) == pytest.approx(analytic[idx], rel=5e-3,
+                                                              abs=1e-3), idx
 
 
 def test_elu_in_place(caffe, tmp_path):
@@ -535,16 +699,19 @@ def run_on_threads(tmp_path: Path, net_path: Path, thread_counts) -> list[dict]:
     return results
 
 
-def test_1x1_convolution_gives_the_same_result_on_any_thread_count(caffe, tmp_path):
-    """The batch is split into per-thread image ranges with private gradient sums: 1 thread
-    (the stock loop), 2, and 3 threads on 5 images (uneven ranges) agree to float rounding,
-    and the same thread count gives the same bits twice."""
+def test_convolutions_give_the_same_result_on_any_thread_count(caffe, tmp_path):
+    """The batch is split into per-thread image ranges with private gradient sums (and, for
+    the 3x3 convolution, private im2col buffers): 1 thread (the stock loop), 2, and 3 threads
+    on 5 images (uneven ranges) agree to float rounding, and the same thread count gives the
+    same bits twice."""
     net_path = tmp_path / "conv.prototxt"
     net_path.write_text(
         'force_backward: true\n'
         'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 5 dim: 6 dim: 4 dim: 3 } } }\n'
         'layer { name: "conv" type: "Convolution" bottom: "x" top: "y"\n'
-        '  convolution_param { num_output: 7 kernel_size: 1 } }\n')
+        '  convolution_param { num_output: 7 kernel_size: 1 } }\n'
+        'layer { name: "conv3" type: "Convolution" bottom: "y" top: "z"\n'
+        '  convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 } }\n')
     results = run_on_threads(tmp_path, net_path, (1, 2, 3, 3))
     for run_no in (1, 2):
         for key, ref in results[0].items():
@@ -552,8 +719,9 @@ def test_1x1_convolution_gives_the_same_result_on_any_thread_count(caffe, tmp_pa
                                        err_msg=f"{key}, {(1, 2, 3)[run_no]} threads")
     for key in results[2]:
         np.testing.assert_array_equal(results[2][key], results[3][key], err_msg=key)
-    # the weight gradient really is a sum over all five images
+    # the weight gradients really are sums over all five images
     assert np.abs(results[0]["param:conv:0"]).max() > 0.1
+    assert np.abs(results[0]["param:conv3:0"]).max() > 0.1
 
 
 def test_the_other_patched_layers_give_the_same_bits_on_any_thread_count(caffe, tmp_path):
