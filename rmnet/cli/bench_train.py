@@ -22,7 +22,9 @@ Reported: ms per iteration (median over all timed steps of all rounds) and the r
 share of the SGEMM bound, i.e. (3 x the forward FLOPs of the convolutions and inner products per
 step / time) against a float32 matrix multiply measured in the same run (numpy's OpenBLAS,
 2048 x 2048); hours for 150k iterations on this machine, and in core-hours; forward + backward
-time per layer type (medians of a layer-by-layer pass); and the loss curve of the first
+time per layer type (medians of a layer-by-layer pass; the layers that the patched Caffe runs as
+one pass, BatchNorm -> Scale -> ELU or Dropout and Eltwise -> ELU, are timed as one unit, and a
+row adds up those five types in both builds); and the loss curve of the first
 iterations on both builds from the same weights and batches. The builds draw dropout masks
 differently and hard-sample mining turns float noise into different batches, so the curves are
 compared with dropout switched off and mining off (``--curve-dropout``/``--curve-mining`` keep
@@ -135,6 +137,21 @@ def layer_kind(layer) -> str:
     return layer.type
 
 
+def timing_units(kinds: list[str], chains) -> list[tuple[int, int, str]]:
+    """(first layer, last layer, kind) for the per-type timing: one unit per layer, except the
+    layers a patched Caffe runs as one (``Net._fused_chains``: (first, count) pairs), which are
+    one unit of kind "BatchNorm+Scale+ELU (one pass)" and the like, since timed alone each
+    of them would take the unfused path."""
+    starts = {first: count for first, count in chains}
+    units, i = [], 0
+    while i < len(kinds):
+        count = starts.get(i, 1)
+        kind = kinds[i] if count == 1 else "+".join(kinds[i:i + count]) + " (one pass)"
+        units.append((i, i + count - 1, kind))
+        i += count
+    return units
+
+
 def forward_flops(net, net_param) -> float:
     """Multiply-adds x 2 of the convolutions and inner products of one forward pass."""
     total = 0.0
@@ -185,17 +202,18 @@ def worker(args) -> int:
     by_name = {l.name: l for l in net_param.layer}
     kinds = [layer_kind(by_name[name]) if name in by_name else net.layers[i].type
              for i, name in enumerate(net._layer_names)]
+    units = timing_units(kinds, getattr(net, "_fused_chains", []))
     per_layer: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.layer_passes):
         sums: dict[str, float] = defaultdict(float)
-        for i in range(len(kinds)):
+        for first, last, kind in units:
             t0 = time.perf_counter()
-            net._forward(i, i)
-            sums[kinds[i]] += time.perf_counter() - t0
-        for i in reversed(range(len(kinds))):
+            net._forward(first, last)
+            sums[kind] += time.perf_counter() - t0
+        for first, last, kind in reversed(units):
             t0 = time.perf_counter()
-            net._backward(i, i)
-            sums[kinds[i]] += time.perf_counter() - t0
+            net._backward(last, first)
+            sums[kind] += time.perf_counter() - t0
         for k, v in sums.items():
             per_layer[k].append(v)
     result = {"caffe": where, "times": times, "curve": curve,
@@ -268,6 +286,15 @@ def curve_deviation(a: list[dict], b: list[dict]) -> list[float]:
     return out
 
 
+ELEMENTWISE_TYPES = ("BatchNorm", "Scale", "ELU", "Dropout", "Eltwise")
+
+
+def elementwise_time(per_layer: dict[str, float]) -> float:
+    """The per-type times of BatchNorm, Scale, ELU, Dropout and Eltwise layers, fused or not:
+    the part of the step that the two builds split differently into rows."""
+    return sum(v for k, v in per_layer.items() if any(t in k for t in ELEMENTWISE_TYPES))
+
+
 def report(data: dict) -> str:
     s, p = data["stock"], data["patched"]
     lines = [
@@ -301,6 +328,9 @@ def report(data: dict) -> str:
         lines.append(f"  {k:34s}{a:10.1f}{b:10.1f}{ratio:>8s}")
     lines.append(f"  {'sum':34s}{1e3 * sum(s['per_layer'].values()):10.1f}"
                  f"{1e3 * sum(p['per_layer'].values()):10.1f}")
+    a, b = 1e3 * elementwise_time(s["per_layer"]), 1e3 * elementwise_time(p["per_layer"])
+    ratio = f"{a / b:7.1f}x" if a and b else ""
+    lines.append(f"  {'of which BN/Scale/ELU/Drop/Eltwise':34s}{a:10.1f}{b:10.1f}{ratio:>8s}")
     lines += ["", f"loss curve, first {len(data['curve_stock'])} iterations from the same weights "
               f"and batches ({data['curve_note']}):",
               f"  {'iter':>4s}  {'stock total':>12s}  {'patched total':>13s}  {'max rel. diff':>13s}"
