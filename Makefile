@@ -7,7 +7,7 @@
 #                      make demo DATA=/path/to/dataset [FORMAT=msmt17|cuhk03-labeled|...] ITERS=N
 #                                         on another dataset (any layout rmnet.data.datasets reads)
 #   make train DATA=/path/to/Market-1501-v15.09.15    the paper's full training (150k iterations)
-#   make prototxt      regenerate prototxt/ and solvers/ from rmnet/generator/ (committed files)
+#   make prototxt      regenerate prototxt/ and solvers/ from generator/ (committed files)
 #   make ablations     render the Table 2 rows into runs/ablations/{prototxt,solvers}/
 #   make docker-check  run docker/Dockerfile's steps in a fresh Debian root (debootstrap + chroot)
 #   make docker-check-gpu  the same for docker/Dockerfile.gpu (CUDA build; long, not in .ci/run)
@@ -38,10 +38,10 @@ train: setup
 	$(PYTHON) tools/train.py --data "$(DATA)" $(if $(FORMAT),--format $(FORMAT)) $(if $(ITERS),--iters $(ITERS))
 
 prototxt: setup
-	$(PYTHON) -m rmnet.generator --out prototxt --solvers solvers
+	$(PYTHON) -m generator --out prototxt --solvers solvers
 
 ablations: setup
-	$(PYTHON) -m rmnet.generator --out runs/ablations/prototxt --solvers runs/ablations/solvers --ablations
+	$(PYTHON) -m generator --out runs/ablations/prototxt --solvers runs/ablations/solvers --ablations
 
 docker-check:
 	@/usr/bin/python3 scripts/docker_check.py docker/Dockerfile

@@ -1,6 +1,6 @@
 """The project's strict config engine: JSON objects parsed into dataclasses.
 
-Every Caffe Python layer declares its ``param_str`` as a dataclass (``rmnet.layers``) and reads it
+Every Caffe Python layer declares its ``param_str`` as a dataclass (``layers``) and reads it
 with ``parse_config(ConfigClass, self.param_str, "LayerClassName")``; the net generator checks
 every rendered ``param_str`` with the very same dataclass, so a bad key is found when the nets are
 rendered, not when Caffe starts. The parser is strict, because a typo in a prototxt would

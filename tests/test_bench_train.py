@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rmnet.cli.bench_train import elementwise_time, timing_units
+from commands.bench_train import elementwise_time, timing_units
 
 KINDS = ["Python MarketDataLayer", "BatchNorm", "Scale", "ELU", "Convolution 1x1", "BatchNorm",
          "Scale", "Dropout", "Eltwise", "BatchNorm", "Scale"]

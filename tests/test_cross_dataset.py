@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from rmnet.cli import eval_market
+from commands import eval_market
 from rmnet.data.datasets import load_train_sets
 from rmnet.data.synthetic import SyntheticConfig
 from rmnet.data.synthetic_layouts import write_layout
-from rmnet.train.run import (final_snapshot, init_weights, inspect_solver, prepare_run,
+from training.run import (final_snapshot, init_weights, inspect_solver, prepare_run,
                              run_caffe_train)
 from tests.conftest import REPO
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmnet.layers.data import BatchSource, DataConfig, load_train_list
+from layers.data import BatchSource, DataConfig, load_train_list
 from rmnet.data.synthetic import SyntheticConfig, generate
 
 H, W = 32, 16
@@ -62,7 +62,7 @@ def test_batches_are_k_images_of_each_identity_and_augmented(dataset):
 
 
 def test_test_phase_walks_the_list_in_order_without_augmentation(dataset):
-    from rmnet.layers import augment
+    from layers import augment
     from rmnet.data.images import load_bgr
 
     src = make_source(dataset, train=False)
@@ -115,7 +115,7 @@ def data_net(tmp_path: Path, root: Path, classes: int, **data_kw) -> str:
         layer {{ name: "data" type: "Python"
                 top: "data" top: "label" top: "sample_weight" top: "sample_id"
                 param {{ lr_mult: 0 decay_mult: 0 }}
-                python_param {{ module: "rmnet.layers.data" layer: "MarketDataLayer"
+                python_param {{ module: "layers.data" layer: "MarketDataLayer"
                                param_str: '{json.dumps(cfg)}' }} }}
         layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
                 inner_product_param {{ num_output: 6 weight_filler {{ type: "gaussian" std: 0.001 }} }} }}
@@ -124,11 +124,11 @@ def data_net(tmp_path: Path, root: Path, classes: int, **data_kw) -> str:
                 top: "loss/am_softmax" top: "loss/am_softmax/per_sample"
                 loss_weight: 1 loss_weight: 0
                 param {{ lr_mult: 1 decay_mult: 1 }}
-                python_param {{ module: "rmnet.layers.losses" layer: "AMSoftmaxLossLayer"
+                python_param {{ module: "layers.losses" layer: "AMSoftmaxLossLayer"
                                param_str: '{json.dumps(am)}' }} }}
         layer {{ name: "hsm_feedback" type: "Python"
                 bottom: "sample_id" bottom: "loss/am_softmax/per_sample"
-                python_param {{ module: "rmnet.layers.data" layer: "HardSampleFeedbackLayer"
+                python_param {{ module: "layers.data" layer: "HardSampleFeedbackLayer"
                                param_str: '{{"source": "data", "weights": [1.0]}}' }} }}
     """
     path = tmp_path / "data_net.prototxt"
@@ -137,7 +137,7 @@ def data_net(tmp_path: Path, root: Path, classes: int, **data_kw) -> str:
 
 
 def test_layer_tops_and_feedback_reach_the_miner(caffe, dataset, tmp_path):
-    from rmnet.layers.data import batch_sources
+    from layers.data import batch_sources
 
     net = caffe.Net(data_net(tmp_path, dataset, 6), caffe.TRAIN)
     try:
@@ -164,7 +164,7 @@ def test_layer_tops_and_feedback_reach_the_miner(caffe, dataset, tmp_path):
 
 
 def test_batch_counter_is_saved_and_a_resumed_layer_continues(caffe, dataset, tmp_path):
-    from rmnet.layers.data import batch_sources
+    from layers.data import batch_sources
 
     prototxt = data_net(tmp_path, dataset, 6, difficulty_ramp_iters=10)
     net = caffe.Net(prototxt, caffe.TRAIN)
@@ -187,7 +187,7 @@ def test_batch_counter_is_saved_and_a_resumed_layer_continues(caffe, dataset, tm
 
 
 def test_a_later_net_replaces_and_stops_the_earlier_source(caffe, dataset, tmp_path):
-    from rmnet.layers.data import batch_sources
+    from layers.data import batch_sources
 
     a = caffe.Net(data_net(tmp_path, dataset, 6), caffe.TRAIN)
     a.forward()
@@ -210,7 +210,7 @@ def test_difficulty_ramp_and_rounds():
 
 
 def test_test_phase_layer_gives_unit_weights(caffe, dataset, tmp_path):
-    from rmnet.layers.data import batch_sources
+    from layers.data import batch_sources
 
     net = caffe.Net(data_net(tmp_path, dataset, 6), caffe.TEST)
     try:
@@ -239,7 +239,7 @@ def test_unknown_param_is_refused(caffe, dataset, tmp_path):
 
 
 def test_data_benchmark_times_the_batches_it_says(caffe, capsys):
-    from rmnet.cli import bench_layers
+    from commands import bench_layers
     args = bench_layers.parse_args(["--data-only", "--data-batches", "3", "--data-batch", "16",
                                     "--workers", "1"])
     got = bench_layers.bench_data(caffe, args)

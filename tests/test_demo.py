@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rmnet.cli.demo import verdict
+from commands.demo import verdict
 from rmnet.data.synthetic import SyntheticConfig, generate
 from tests.conftest import REPO
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmnet.layers.dropout import dropout_mask, is_active, keep_scale, mask_seed
+from layers.dropout import dropout_mask, is_active, keep_scale, mask_seed
 
 
 def test_mask_is_inverted_dropout_at_the_right_ratio():
@@ -44,7 +44,7 @@ def net_file(tmp_path: Path, layer: str = "python", **cfg) -> str:
     """A net Input x -> scheduled dropout -> y, as the Python layer or the native option."""
     if layer == "python":
         drop = f"""type: "Python"
-                python_param {{ module: "rmnet.layers.dropout" layer: "ScheduledDropoutLayer"
+                python_param {{ module: "layers.dropout" layer: "ScheduledDropoutLayer"
                                param_str: '{json.dumps(cfg)}' }}"""
     else:
         switch = cfg.get("switch_off_iter")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from rmnet.eval.features import read_features
-from rmnet.cli import eval_market
+from commands import eval_market
 from rmnet.eval.metrics import compute_distance, ranked_gallery
 from tests.conftest import REPO
 

@@ -240,7 +240,7 @@ def test_mismatched_caffemodel_refused(work, light):
         assert expected in msg and str(bad) in msg and str(LIGHT) in msg
         assert not out.exists()   # refused before anything was written
     # the CLI: exit status 2 and the message
-    from rmnet.cli.export import main
+    from commands.export import main
     assert main(["--prototxt", str(LIGHT), "--weights", str(work / "bad0.caffemodel"),
                  "--out", str(work / "cli_bad")]) == 2
 
@@ -251,7 +251,7 @@ def test_failed_check_writes_nothing(work, light, capsys):
         export(LIGHT, light["weights"], out, openvino=False, tolerance=1e-12, n_images=2)
     assert "nothing written" in str(e.value) and not e.value.report.ok
     assert not out.exists()            # no file, no staging folder, not even the folder
-    from rmnet.cli.export import main
+    from commands.export import main
     assert main(["--prototxt", str(LIGHT), "--weights", str(light["weights"]), "--out",
                  str(out), "--tolerance", "1e-12"]) == 1
     assert "FAIL" in capsys.readouterr().out
@@ -336,7 +336,7 @@ def test_search_top_k():
 # --- benchmark ---------------------------------------------------------------------------------
 
 def test_benchmark_quick_json(work, monkeypatch, capsys):
-    import rmnet.cli.benchmark as bench
+    import commands.benchmark as bench
 
     real = bench.runtime_available
     monkeypatch.setattr(bench, "runtime_available",
@@ -368,7 +368,7 @@ def test_benchmark_quick_json(work, monkeypatch, capsys):
 
 def test_quantize_reports_change_and_guards_writing(work, light, capsys, monkeypatch):
     pytest.importorskip("nncf")
-    import rmnet.cli.quantize as quant
+    import commands.quantize as quant
     from rmnet.data.synthetic import SyntheticConfig, generate
 
     data = work / "syn"
@@ -422,7 +422,7 @@ def test_quantize_reports_change_and_guards_writing(work, light, capsys, monkeyp
 def test_quantize_stops_when_the_fp32_export_does_not_match(work, light, capsys, monkeypatch):
     """An FP32 export that fails its check against pycaffe ends quantize.py with the check's
     message and exit status 1, not a traceback."""
-    import rmnet.cli.quantize as quant
+    import commands.quantize as quant
     from rmnet.deploy.export import ExportCheckError
     from rmnet.data.synthetic import SyntheticConfig, generate
 
@@ -446,7 +446,7 @@ def test_minmax_ranges_cover_what_mean_minmax_clips(light):
     calibration images; NNCF's mean_minmax averages per-image extremes, so its upper limits are
     lower wherever images differ. Compared quantizer by quantizer on the same 8 images."""
     pytest.importorskip("nncf")
-    import rmnet.cli.quantize as quant
+    import commands.quantize as quant
 
     calib = np.stack([cv2.resize(c, (64, 160)) for c in synthetic_crops(8, seed=5)])
     calib = calib.transpose(0, 3, 1, 2).astype(np.float32)
@@ -475,7 +475,7 @@ def test_quantize_with_accuracy_control_keeps_rank1(work, light, capsys):
     """--accuracy-control: NNCF keeps layers in FP32 until rank-1 drops by at most the bound
     (here 0 points), so the written INT8 model's rank-1 equals the FP32 one."""
     pytest.importorskip("nncf")
-    import rmnet.cli.quantize as quant
+    import commands.quantize as quant
     from rmnet.data.synthetic import SyntheticConfig, generate
 
     data = work / "syn_ac"

@@ -149,7 +149,7 @@ def test_pooling_sizes_are_caffes():
 
 
 def test_an_eltwise_mismatch_is_one_line_in_eval_market_and_the_embedder(tmp_path):
-    from rmnet.cli import eval_market
+    from commands import eval_market
     from rmnet.data.synthetic import SyntheticConfig, generate
     from rmnet.deploy.embedder import Embedder
     from rmnet.deploy.export import random_caffemodel
@@ -176,7 +176,7 @@ def test_an_eltwise_mismatch_is_one_line_in_eval_market_and_the_embedder(tmp_pat
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory) -> Path:
     """The light net as init_weights leaves it: outputs in the thousands."""
-    from rmnet.train.run import init_weights
+    from training.run import init_weights
     out = tmp_path_factory.mktemp("untrained") / "init.caffemodel"
     init_weights(LIGHT, out, log=lambda *_: None)
     return out
@@ -272,7 +272,7 @@ def test_the_embedder_warns_once_about_crops_evaluation_would_refuse(tmp_path):
 def test_caffes_own_writers_never_meet_a_full_disk(tmp_path, small_fs):  # noqa: F811
     """Caffe aborts (CHECK) when it cannot write a caffemodel; every net the project saves goes
     through save_net, so a full disk is the one-line OSError of every other output."""
-    from rmnet.cli import init_weights
+    from commands import init_weights
     mnt, fill, _ = small_fs
     fill()
     code, _, err = run_main(init_weights.main, [LIGHT, "-o", mnt / "init.caffemodel"])
@@ -282,7 +282,7 @@ def test_caffes_own_writers_never_meet_a_full_disk(tmp_path, small_fs):  # noqa:
 
 
 def test_a_gallery_build_on_a_full_disk_leaves_nothing(tmp_path, small_fs):  # noqa: F811
-    from rmnet.cli import gallery
+    from commands import gallery
     from rmnet.data.synthetic import SyntheticConfig, generate
     from rmnet.deploy.export import random_caffemodel
     mnt, fill, _ = small_fs
@@ -301,7 +301,7 @@ def test_a_gallery_build_on_a_full_disk_leaves_nothing(tmp_path, small_fs):  # n
 def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, openvino):
     """ONNX's writer raises an OSError naming no file, OpenVINO's a bare RuntimeError: both are
     the one line naming the file; the --out folder the export made is removed again."""
-    from rmnet.cli import export
+    from commands import export
     from rmnet.deploy.export import random_caffemodel
     mnt = tmp_path / "fs"
     mnt.mkdir()
@@ -326,7 +326,7 @@ def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, ope
 def test_the_net_generator_refuses_a_read_only_location(tmp_path, small_fs):  # noqa: F811
     mnt, _, read_only = small_fs
     read_only()
-    r = subprocess.run([sys.executable, "-m", "rmnet.generator", "--out", str(mnt / "p"),
+    r = subprocess.run([sys.executable, "-m", "generator", "--out", str(mnt / "p"),
                         "--variant", "light"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and f"{mnt} is not writable" in one_line(r.stderr)
 
@@ -339,14 +339,14 @@ def test_the_net_generator_refuses_a_read_only_location(tmp_path, small_fs):  # 
     (["--batch", "8"], "--batch and --max-aspect-change only apply when extracting"),
 ])
 def test_eval_market_refuses_flags_that_would_be_ignored(tmp_path, argv, needle):
-    from rmnet.cli import eval_market
+    from commands import eval_market
     feats = features_file(tmp_path / "feats.h5")
     code, out, err = run_main(eval_market.main, ["--features", feats, *argv])
     assert code == 2 and needle in err and out == ""
 
 
 def test_flags_out_of_range_are_usage_errors(tmp_path):
-    from rmnet.cli import bench_layers, export, quantize
+    from commands import bench_layers, export, quantize
     for main, argv, needle in (
             (export.main, ["--prototxt", LIGHT, "--weights", LIGHT, "--out", tmp_path / "e",
                            "--tolerance", "0"], "--tolerance must be > 0"),
@@ -359,7 +359,7 @@ def test_flags_out_of_range_are_usage_errors(tmp_path):
 
 
 def test_gallery_search_breadth_flags(tmp_path):
-    from rmnet.cli import gallery
+    from commands import gallery
     from rmnet.data.synthetic import SyntheticConfig, generate
     from rmnet.deploy.export import random_caffemodel
     market = tmp_path / "market"

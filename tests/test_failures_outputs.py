@@ -132,7 +132,7 @@ def test_a_wrong_type_output_location_is_one_line_and_exit_2(tmp_path, index):
     features_file(tmp_path / "feats.h5")
     (tmp_path / "train.log").write_text("")
     tool, argv, bad = _cases(tmp_path)[index]
-    main = importlib.import_module(f"rmnet.cli.{tool}").main
+    main = importlib.import_module(f"commands.{tool}").main
     code, _, err = run_main(main, argv)
     assert code == 2, (tool, err)
     assert str(bad) in one_line(err)
@@ -148,7 +148,7 @@ def test_synthetic_generator_output_location(tmp_path):
 
 
 def test_results_are_printed_before_a_full_disk_refuses_the_json(tmp_path, small_fs):
-    from rmnet.cli import eval_market
+    from commands import eval_market
     mnt, fill, _ = small_fs
     feats = features_file(tmp_path / "feats.h5")
     fill()
@@ -166,7 +166,7 @@ def test_a_full_disk_under_the_features_cache_is_one_line(tmp_path, small_fs):
     mnt, fill, _ = small_fs
     q, g, _ = read_features(features_file(tmp_path / "feats.h5"))
     fill()
-    from rmnet.cli.errors import command
+    from commands.errors import command
 
     @command("t")
     def main(argv):
@@ -198,7 +198,7 @@ def weights(market) -> Path:
 @pytest.mark.parametrize("kind", ["caffemodel", "foreign_h5"])
 def test_cache_never_overwrites_a_file_it_did_not_write(tmp_path, market, weights, kind):
     import h5py
-    from rmnet.cli import eval_market
+    from commands import eval_market
     if kind == "caffemodel":
         cache = tmp_path / "model.caffemodel"
         cache.write_bytes(weights.read_bytes())
@@ -218,7 +218,7 @@ def test_cache_never_overwrites_a_file_it_did_not_write(tmp_path, market, weight
 
 def test_a_prototxt_naming_foreign_python_code_is_refused_before_caffe(tmp_path, market,
                                                                         weights):
-    from rmnet.cli import eval_market
+    from commands import eval_market
     marker = tmp_path / "imported"
     module = tmp_path / "evil_layer.py"
     module.write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
@@ -237,7 +237,7 @@ def test_a_prototxt_naming_foreign_python_code_is_refused_before_caffe(tmp_path,
 
 
 def test_json_results_still_written_where_they_can_be(tmp_path):
-    from rmnet.cli import eval_market
+    from commands import eval_market
     feats = features_file(tmp_path / "feats.h5")
     code, _, err = run_main(eval_market.main, ["--features", feats, "--json",
                                                tmp_path / "new" / "r.json"])
@@ -248,7 +248,7 @@ def test_json_results_still_written_where_they_can_be(tmp_path):
 # --- inputs that used to give misleading messages ---------------------------------------------
 
 def test_a_one_identity_gallery_is_flagged(tmp_path):
-    from rmnet.cli import eval_market
+    from commands import eval_market
     rng = np.random.default_rng(1)
     q = FeatureSet(rng.standard_normal((2, 4)).astype(np.float32), np.array([7, 7]),
                    np.array([1, 1]), ["q0.jpg", "q1.jpg"])
@@ -300,7 +300,7 @@ def test_training_refuses_a_one_identity_set_and_a_broken_snapshot(tmp_path):
 
 
 def test_init_weights_on_a_prototxt_that_does_not_parse(tmp_path):
-    from rmnet.cli import init_weights
+    from commands import init_weights
     bad = tmp_path / "bad.prototxt"
     bad.write_text("not a prototxt {\n")
     code, _, err = run_main(init_weights.main, [bad, "-o", tmp_path / "x.caffemodel"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rmnet.data.synthetic import SyntheticConfig, generate
-from rmnet.train.run import (RunLock, TrainingError, init_weights, prepare_run, run_caffe_train,
+from training.run import (RunLock, TrainingError, init_weights, prepare_run, run_caffe_train,
                              usable_snapshot)
 from tests.conftest import REPO
 

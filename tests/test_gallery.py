@@ -496,7 +496,7 @@ def test_eval_market_index_exact_equals_brute_force(tmp_path):
 
 
 def test_quiet_wait_caps_each_wait_and_the_total():
-    from rmnet.cli.bench_gallery import QuietWait
+    from commands.bench_gallery import QuietWait
     assert QuietWait(0.0, 10.0, 10.0)()["waited_s"] < 0.01        # limit 0: never waits
     wait = QuietWait(1e-9, 0.2, 0.3, poll=0.02)                    # a load never reached
     waits = [wait()["waited_s"] for _ in range(3)]

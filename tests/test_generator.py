@@ -4,7 +4,7 @@ importer, refused input sizes, config and template errors, and the committed fil
 The expected published graph below is written out by hand from the reference description of
 Intel's deployed model (stem ReLU, ELU elsewhere, depthwise 3x3 with group = width, stride-2
 depthwise + max-pool/1x1-conv shortcut in downsampling blocks, 4 / 1+8 / 1+10 / 1+11 blocks, global
-max pooling head 256 -> 512 -> 256), independently of rmnet/generator/plan.py.
+max pooling head 256 -> 512 -> 256), independently of generator/plan.py.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmnet.generator import (ConfigError, GenerationError, InputSizeError, generate_all,
+from generator import (ConfigError, GenerationError, InputSizeError, generate_all,
                        list_variants, load_variant, render)
-from rmnet.generator.__main__ import main as cli_main
-from rmnet.generator.output import COMMITTED, compare
-from rmnet.generator.render import TEMPLATES_DIR, annotate
+from generator.__main__ import main as cli_main
+from generator.output import COMMITTED, compare
+from generator.render import TEMPLATES_DIR, annotate
 from tests.conftest import REPO
 
 VARIANTS = list_variants()
@@ -430,7 +430,7 @@ def test_names_are_shared_by_train_test_deploy_and_variants(caffe, tmp_path):
 def _layers_ready() -> str | None:
     """None when the layers the train/test nets name can be imported, else why not."""
     missing = []
-    for module in ("rmnet.layers.losses", "rmnet.layers.data", "rmnet.layers.dropout"):
+    for module in ("layers.losses", "layers.data", "layers.dropout"):
         try:
             importlib.import_module(module)
         except ImportError as e:
@@ -487,7 +487,7 @@ def test_train_and_test_nets_instantiate(caffe, tmp_path, variant):
 def variants_dir(tmp_path: Path, **files: dict) -> Path:
     d = tmp_path / "variants"
     d.mkdir()
-    shutil.copy(REPO / "rmnet" / "generator" / "variants" / "_base.json", d / "_base.json")
+    shutil.copy(REPO / "generator" / "variants" / "_base.json", d / "_base.json")
     for name, obj in files.items():
         (d / f"{name}.json").write_text(json.dumps(obj))
     return d
@@ -501,7 +501,7 @@ def test_extends_merges_objects_and_replaces_values(tmp_path):
     assert cfg["losses"]["push"] == {"enabled": False, "weight": 1.0, "margin": 0.3}
     assert cfg["input"] == {"height": 160, "width": 128}
     assert [p.name for p in v.files] == ["_base.json", "a.json", "b.json"]
-    from rmnet.generator.config import list_variants as lv
+    from generator.config import list_variants as lv
     assert lv(d) == ["a", "b"]                     # _base is abstract
 
 
@@ -588,7 +588,7 @@ def test_committed_prototxt_match_fresh_output(fresh):
     # any prototxt there, generated-marked or not, must come from a variant
     extra = {p.relative_to(out).as_posix() for p in out.glob("*/*.prototxt")} - set(fresh)
     problems += [f"not produced by any variant: {rel}" for rel in sorted(extra)]
-    assert not problems, ("prototxt/ is out of date; run `.venv/bin/python -m rmnet.generator --out "
+    assert not problems, ("prototxt/ is out of date; run `.venv/bin/python -m generator --out "
                           "prototxt`: " + ", ".join(problems))
     assert len(fresh) == 3 * len(COMMITTED)
     # only the models a user runs by name are committed; no committed net is a copy of another
@@ -646,7 +646,7 @@ def test_cli_unknown_variant_and_stale_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["--out", str(tmp_path), "--variant", "no_such_variant"])
     assert "unknown variant 'no_such_variant'" in capsys.readouterr().err
-    from rmnet.generator.output import stale_files
+    from generator.output import stale_files
     (tmp_path / "gone").mkdir()
     (tmp_path / "gone" / "train.prototxt").write_text("# RMNet train net of variant 'gone'\n")
     (tmp_path / "gone" / "mine.prototxt").write_text("name: \"hand-written\"\n")
@@ -661,7 +661,7 @@ def test_committed_solvers_match_fresh_output_and_resolve_from_the_repo_root(mon
     assert not problems, "run `make prototxt`: " + ", ".join(problems)
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
-    from rmnet.generator import solver_name
+    from generator import solver_name
     names = sorted(p.stem for p in (REPO / "solvers").glob("*.prototxt"))
     assert names == sorted(solver_name(v) for v in COMMITTED)
     assert "market" in names and "market_strong" in names
@@ -671,7 +671,7 @@ def test_committed_solvers_match_fresh_output_and_resolve_from_the_repo_root(mon
 
 
 def test_market_solver_is_the_papers_schedule():
-    from rmnet.generator import render_solver
+    from generator import render_solver
     s = render_solver("light").solver
     assert s.net == "prototxt/light/train.prototxt" and list(s.test_net) == ["prototxt/light/test.prototxt"]
     assert (s.lr_policy, s.stepsize) == ("step", 50000)
@@ -698,7 +698,7 @@ def test_switch_off_after_the_end_of_training_is_refused():
 
 
 def test_write_run_gives_a_self_contained_run(caffe, tmp_path):
-    from rmnet.generator import write_run
+    from generator import write_run
     paths = write_run("t2_1_am_softmax", tmp_path / "run",
                       overrides={"data": {"root": "/data/m"}, "num_classes": 10})
     from caffe.proto import caffe_pb2
@@ -728,19 +728,19 @@ def test_a_bad_layer_config_is_refused_when_rendering(overrides, needle):
 
 
 def test_every_python_layer_of_every_net_is_in_the_registry():
-    from rmnet.layers.registry import PARAM_CONFIGS
+    from layers.registry import PARAM_CONFIGS
     seen = set()
     for name in list_variants():
         for phase in ("train", "test"):
             for layer in render(name, phase).net.layer:
                 if layer.type == "Python":
                     seen.add((layer.python_param.module, layer.python_param.layer))
-    from rmnet.generator.pretrain import render_pretrain
+    from generator.pretrain import render_pretrain
     seen |= {(layer.python_param.module, layer.python_param.layer)
              for layer in render_pretrain(num_classes=2, root="classes").net.layer
              if layer.type == "Python"}
     # every registered layer is used by some net (but the Python twin of the native scheduled
     # Dropout, kept for users of stock Caffe), and each registered module really has it
-    assert seen == set(PARAM_CONFIGS) - {("rmnet.layers.dropout", "ScheduledDropoutLayer")}
+    assert seen == set(PARAM_CONFIGS) - {("layers.dropout", "ScheduledDropoutLayer")}
     for module, cls in PARAM_CONFIGS:
         assert hasattr(importlib.import_module(module), cls)

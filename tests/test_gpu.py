@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from rmnet.train import gpucheck
+from training import gpucheck
 from rmnet.caffe.gpu import (GPUStatus, NoGPUError, check_gpu_ids, gpu_status, loaded_cudart,
                              parse_gpu_ids)
 from tests.conftest import REPO

@@ -1,5 +1,5 @@
 """OpenVINO IR -> caffemodel import (rmnet/deploy/ir.py, ir_import.py, tools/import_openvino.py)
-and the BatchNorm un-fold for fine-tuning (rmnet/train/unfold.py).
+and the BatchNorm un-fold for fine-tuning (training/unfold.py).
 
 The IRs are written by the project: v11 by its own exporter, v6/v7 (the format of Intel's
 releases) by tests/ir_fixtures.py from the published format, FP32 and FP16.
@@ -166,7 +166,7 @@ def test_mismatched_graphs_are_refused_naming_the_layer(work, light, caffe):
                                             r"\(2, 2\) in the net"):
         import_ir(xml, work / "x.caffemodel")
     # one block fewer in stage 1: the graph runs out where the net has bottleneck1_3
-    from rmnet.generator import render
+    from generator import render
 
     stages = [{"channels": 32, "downsample": False, "blocks": 3},
               {"channels": 64, "downsample": True, "blocks": 8},
@@ -207,7 +207,7 @@ def test_reader_errors_name_the_file_and_layer(work, light):
 
 
 def test_cli_exit_status_and_messages(work, light, capsys):
-    from rmnet.cli.import_openvino import main
+    from commands.import_openvino import main
 
     xml = write_old_ir(light["graph"], work / "cli.xml")
     out = work / "cli.caffemodel"
@@ -227,7 +227,7 @@ def test_cli_exit_status_and_messages(work, light, capsys):
 
 
 def test_unfold_affine_by_hand():
-    from rmnet.train.unfold import unfold_affine
+    from training.unfold import unfold_affine
 
     # stored: mean 1, var 3 (factor 2 -> 0.5, 1.5), eps 0.5: y = 2 (x - 0.5) / sqrt(2) + 1
     s, b = unfold_affine(np.array([2.0]), np.array([1.0]), np.array([1.0]), np.array([3.0]),
@@ -244,8 +244,8 @@ def test_unfold_affine_by_hand():
 def test_unfold_keeps_descriptors_on_decoded_images(work, light, synthetic_data):
     """Before the un-fold, Caffe's TRAIN phase (batch statistics) destroys the imported
     descriptors; after it, they stay (cosine >= 0.99), and the TEST phase is unchanged."""
-    from rmnet.cli.import_openvino import main
-    from rmnet.train.unfold import has_identity_batchnorm
+    from commands.import_openvino import main
+    from training.unfold import has_identity_batchnorm
 
     xml = write_old_ir(light["graph"], work / "ft.xml")
     out = work / "ft.caffemodel"
@@ -254,7 +254,7 @@ def test_unfold_keeps_descriptors_on_decoded_images(work, light, synthetic_data)
     imported = work / "ft_plain.caffemodel"
     import_ir(xml, imported)
     assert has_identity_batchnorm(imported, LIGHT) and not has_identity_batchnorm(out, LIGHT)
-    from rmnet.train.unfold import train_phase_cosine
+    from training.unfold import train_phase_cosine
     from rmnet.data.images import load_blob
 
     files = sorted(glob.glob(str(synthetic_data / "query" / "*.jpg")))[:24]
@@ -272,7 +272,7 @@ def test_eval_market_on_an_imported_model(work, light, synthetic_data):
     """tools/eval_market.py scores an imported model; pycaffe and OpenVINO agree."""
     import json
 
-    from rmnet.cli.eval_market import main as eval_main
+    from commands.eval_market import main as eval_main
 
     xml = write_old_ir(light["graph"], work / "eval.xml")
     model = work / "eval.caffemodel"
@@ -291,7 +291,7 @@ def test_eval_market_on_an_imported_model(work, light, synthetic_data):
 
 
 def test_cli_refuses_an_output_folder_before_work(work, tmp_path, capsys):
-    from rmnet.cli.import_openvino import main
+    from commands.import_openvino import main
 
     (tmp_path / "dir.caffemodel").mkdir()
     assert main([str(work / "whatever.xml"), "-o", str(tmp_path / "dir.caffemodel")]) == 2

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from rmnet.train.run import TrainingError, init_weights, read_caffemodel
-from rmnet.train.init import copy_by_name, msra, orthogonal
+from training.run import TrainingError, init_weights, read_caffemodel
+from training.init import copy_by_name, msra, orthogonal
 from tests.conftest import REPO
 
 DEPLOY = REPO / "prototxt" / "light" / "deploy.prototxt"

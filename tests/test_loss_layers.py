@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmnet.layers import loss_math as lm
+from layers import loss_math as lm
 from rmnet.config import ConfigError, parse_config
-from rmnet.layers.config import AMSoftmaxConfig, LocalStructureConfig, SmartMarginsConfig
+from layers.config import AMSoftmaxConfig, LocalStructureConfig, SmartMarginsConfig
 from tests.conftest import numeric_grad
 
 N, D, K = 6, 5, 4
@@ -54,7 +54,7 @@ def write_net(tmp_path: Path, kind: str, params: dict, *, n: int = N, d: int = D
                 {' '.join(f'top: "{t}"' for t in names)}
                 {' '.join(f'loss_weight: {w}' for w in weights)}
                 {param_specs}
-                python_param {{ module: "rmnet.layers.losses" layer: "{layer}"
+                python_param {{ module: "layers.losses" layer: "{layer}"
                                param_str: '{json.dumps(params)}' }} }}
     """
     path = tmp_path / f"{kind}_{abs(hash(text))}.prototxt"
@@ -457,7 +457,7 @@ def test_parse_config_errors(text, message):
         parse_config(_Outer, text, "TestLayer")
 
 
-# --- the generated train nets (the contract with rmnet/generator/) ----------------------------------
+# --- the generated train nets (the contract with generator/) ----------------------------------
 
 GENERATED = sorted((Path(__file__).resolve().parent.parent / "prototxt").glob("*/train.prototxt"))
 
@@ -467,7 +467,7 @@ def generated_loss_layers(path: Path):
     from google.protobuf import text_format
     net = text_format.Parse(path.read_text(), caffe_pb2.NetParameter())
     return [layer for layer in net.layer
-            if layer.type == "Python" and layer.python_param.module == "rmnet.layers.losses"]
+            if layer.type == "Python" and layer.python_param.module == "layers.losses"]
 
 
 @pytest.mark.skipif(not GENERATED, reason="no generated prototxt/*/train.prototxt")

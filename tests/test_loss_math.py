@@ -1,4 +1,4 @@
-"""The loss maths (rmnet.layers.loss_math): hand-computed values on tiny cases, finite-difference
+"""The loss maths (layers.loss_math): hand-computed values on tiny cases, finite-difference
 gradient checks of every function (float64, central differences, upstream weights != 1), the
 smart-margin schedule and the per-sample weights."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from rmnet.layers import loss_math as lm
+from layers import loss_math as lm
 from tests.conftest import numeric_grad
 
 SQRT_HALF = math.sqrt(0.5)   # 0.70710678...

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmnet.layers import augment
-from rmnet.layers.mining import HardSampleMiner, mix_terms
+from layers import augment
+from layers.mining import HardSampleMiner, mix_terms
 
 
 def labels_for(counts: list[int]) -> np.ndarray:

@@ -10,7 +10,7 @@ from google.protobuf import text_format
 
 from tests.conftest import REPO
 
-from rmnet.cli import model_stats
+from commands import model_stats
 from rmnet.deploy.graph import conv_macs, count_params
 
 

@@ -1,6 +1,6 @@
 """Several training processes (one per GPU) without a GPU: how the identities of each round are
-shared out over the ranks (rmnet.layers.mining), the data layer taking Caffe's solver rank, and the
-launcher's commands, environment and refusals (rmnet.train.multigpu, rmnet.caffe.nccl)."""
+shared out over the ranks (layers.mining), the data layer taking Caffe's solver rank, and the
+launcher's commands, environment and refusals (training.multigpu, rmnet.caffe.nccl)."""
 from __future__ import annotations
 
 import subprocess
@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from rmnet.layers.data import BatchSource, DataConfig, load_train_list
-from rmnet.layers.mining import HardSampleMiner, shard_identities
+from layers.data import BatchSource, DataConfig, load_train_list
+from layers.mining import HardSampleMiner, shard_identities
 from rmnet.data.synthetic import SyntheticConfig, generate
 from tests.conftest import REPO
 
@@ -112,7 +112,7 @@ def test_test_phase_is_not_sharded(dataset):
 
 
 def test_data_layer_takes_caffes_solver_rank(caffe, dataset, tmp_path):
-    from rmnet.layers.data import batch_sources
+    from layers.data import batch_sources
     from tests.test_data_layer import data_net
 
     caffe.set_solver_count(2)
@@ -132,7 +132,7 @@ def test_data_layer_takes_caffes_solver_rank(caffe, dataset, tmp_path):
 # --- the launcher ---------------------------------------------------------------------------
 
 def test_rank_commands_and_environment():
-    from rmnet.train.multigpu import rank_command, rank_env, rank_log
+    from training.multigpu import rank_command, rank_env, rank_log
 
     uid = bytes(range(16))
     cmd = rank_command("s.prototxt", [2, 5], 1, uid, weights="w.caffemodel", python="py")
@@ -151,7 +151,7 @@ def test_rank_commands_and_environment():
 
 
 def test_one_gpu_is_not_a_multi_gpu_run(tmp_path):
-    from rmnet.train.multigpu import run_multi_gpu
+    from training.multigpu import run_multi_gpu
 
     with pytest.raises(ValueError, match="two or more GPUs"):
         run_multi_gpu("s.prototxt", [0], tmp_path / "log", uid=b"x")
@@ -160,8 +160,8 @@ def test_one_gpu_is_not_a_multi_gpu_run(tmp_path):
 def test_a_failing_rank_stops_the_run_and_is_named(tmp_path, monkeypatch):
     """Without a GPU every rank stops with 'no GPU' (status 3): the launcher must report the
     failed rank, with its log, and leave no process behind."""
-    from rmnet.train import multigpu
-    from rmnet.train.run import TrainingError
+    from training import multigpu
+    from training.run import TrainingError
 
     solver = tmp_path / "solver.prototxt"
     solver.write_text('net: "x"\n')
@@ -215,8 +215,8 @@ def test_train_cli_hands_the_devices_to_caffe(dataset, tmp_path, monkeypatch):
     """With the devices there (faked), --gpu N reaches `caffe train -gpu N` and --gpus 0,1 the
     multi-GPU launcher, after the same checks and run folder as a CPU run."""
     import rmnet.caffe.gpu as gpu
-    import rmnet.cli.train as cli
-    import rmnet.train.multigpu as multigpu
+    import commands.train as cli
+    import training.multigpu as multigpu
 
     checked, calls = [], []
     monkeypatch.setattr(gpu, "require_gpus", lambda ids: checked.append(ids))

@@ -48,7 +48,7 @@ def test_compare_sums_groups_in_network_order_and_keeps_totals():
 
 
 def test_parse_batches():
-    from rmnet.cli.quantize import parse_batches
+    from commands.quantize import parse_batches
 
     assert parse_batches("16") == [16]
     assert parse_batches("16, 64,16") == [16, 64]

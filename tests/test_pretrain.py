@@ -52,7 +52,7 @@ def test_class_folder_errors(tmp_path):
 
 
 def test_batch_plan_is_seeded_and_covers_every_image():
-    from rmnet.layers.classify import BatchPlan, ClassDataConfig
+    from layers.classify import BatchPlan, ClassDataConfig
 
     cfg = ClassDataConfig(root="x", batch_size=5, seed=3)
     a, b = BatchPlan(12, cfg, train=True), BatchPlan(12, cfg, train=True)
@@ -70,8 +70,8 @@ def test_batch_plan_is_seeded_and_covers_every_image():
 
 
 def test_pretrain_net_shares_the_backbone_with_the_reid_nets(classes, caffe):
-    from rmnet.generator import render
-    from rmnet.generator.pretrain import render_pretrain
+    from generator import render
+    from generator.pretrain import render_pretrain
 
     pre = render_pretrain("light", num_classes=4, root=classes, height=224, width=224)
     deploy = render("light", "deploy")
@@ -86,7 +86,7 @@ def test_pretrain_net_shares_the_backbone_with_the_reid_nets(classes, caffe):
     assert ip.inner_product_param.num_output == 4
     assert not any(layer.type in ("Dropout",) for layer in pre.net.layer)
     assert pre.plan.final_size == (14, 14)            # 224 / 16
-    from rmnet.generator import InputSizeError
+    from generator import InputSizeError
 
     with pytest.raises(InputSizeError):
         render_pretrain("light", num_classes=4, root=classes, height=100, width=100)
@@ -95,10 +95,10 @@ def test_pretrain_net_shares_the_backbone_with_the_reid_nets(classes, caffe):
 def test_pretraining_learns_and_transfers_into_every_variant(classes, tmp_path, caffe, capsys):
     """A short real run at 64x64 (60 iterations): the softmax loss falls; the final caffemodel's backbone
     copies by name into every re-id variant (light: every layer but the head's)."""
-    from rmnet.generator import list_variants, render
-    from rmnet.cli.train import main
-    from rmnet.train.log import read_caffe_log
-    from rmnet.train.pretrain import transfer_preview
+    from generator import list_variants, render
+    from commands.train import main
+    from training.log import read_caffe_log
+    from training.pretrain import transfer_preview
 
     run = tmp_path / "run"
     # 60 iterations: the scaled schedule keeps lr 1e-2 for the first 20 only, so a shorter run
@@ -121,7 +121,7 @@ def test_pretraining_learns_and_transfers_into_every_variant(classes, tmp_path, 
         assert all(n.startswith("head/") or n == "calibration" for n in head), (variant, head)
         assert len(rep.copied) == 338, variant
     # and through tools/train.py's own --from path into the light train run's init
-    from rmnet.train.run import init_weights
+    from training.run import init_weights
 
     deploy = tmp_path / "light_deploy.prototxt"
     deploy.write_text(render("light", "deploy").text)
@@ -136,7 +136,7 @@ def test_pretraining_learns_and_transfers_into_every_variant(classes, tmp_path, 
 
 
 def test_pretrain_bad_input_is_one_line(tmp_path, capsys):
-    from rmnet.cli.train import main
+    from commands.train import main
 
     assert main(["--pretrain", str(tmp_path / "nothing"), "--iters", "1"]) == 2
     err = capsys.readouterr().err.strip()

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from rmnet.train.log import parse_caffe_log
-from rmnet.train.filter_ratio import filter_magnitudes, filter_ratio
+from training.log import parse_caffe_log
+from training.filter_ratio import filter_magnitudes, filter_ratio
 from tests.conftest import REPO
 
 LOG = """\

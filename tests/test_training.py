@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmnet.train.log import read_caffe_log
+from training.log import read_caffe_log
 from rmnet.data.synthetic import SyntheticConfig, generate
-from rmnet.train.run import (TrainingError, check_weights_fit, init_weights, inspect_solver,
+from training.run import (TrainingError, check_weights_fit, init_weights, inspect_solver,
                             prepare_run, read_caffemodel, run_caffe_train, scaled_schedule)
 from tests.conftest import REPO
 

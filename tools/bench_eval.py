@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Speed and memory of the evaluation at Market-1501 size, with random features.
 
-The command line is rmnet/cli/bench_eval.py, also installed as the console script `rmnet-bench-eval`.
+The command line is commands/bench_eval.py, also installed as the console script `rmnet-bench-eval`.
 """
-from rmnet.cli.bench_eval import main
+from commands.bench_eval import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

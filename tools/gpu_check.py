@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Check Caffe's GPU build on a machine with a GPU: layers, gradients, training, NCCL, speed.
 
-The command line is rmnet/cli/gpu_check.py, also installed as the console script `rmnet-gpu-check`.
+The command line is commands/gpu_check.py, also installed as the console script `rmnet-gpu-check`.
 """
-from rmnet.cli.gpu_check import main
+from commands.gpu_check import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,7 +1,7 @@
 """One rank of a multi-GPU training run over Caffe's own NCCL bindings.
 
 `caffe train` refuses Python layers with more than one GPU, so a multi-GPU run is one process
-per GPU (rmnet.train.multigpu starts them), each running this module:
+per GPU (training.multigpu starts them), each running this module:
 
     python -m rmnet.caffe.nccl --solver S --gpus 0,1 --rank R --uid HEX [--weights W | --snapshot S]
 

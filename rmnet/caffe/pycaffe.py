@@ -154,19 +154,35 @@ def load_net(prototxt: str | os.PathLike, weights: str | os.PathLike | None = No
     return net
 
 
+# The Python layers of this project (``layers.registry`` maps each to its config; a test keeps
+# the two equal). Prototxts of earlier versions name them ``rmnet.layers.<module>``.
+PROJECT_PYTHON_LAYERS = frozenset({
+    ("layers.data", "MarketDataLayer"), ("layers.data", "HardSampleFeedbackLayer"),
+    ("layers.losses", "AMSoftmaxLossLayer"), ("layers.losses", "LocalStructureLossLayer"),
+    ("layers.dropout", "ScheduledDropoutLayer"), ("layers.classify", "ClassificationDataLayer"),
+})
+LEGACY_LAYERS_PREFIX = "rmnet.layers."
+
+
+def is_project_layer(module: str, layer: str) -> bool:
+    """Whether ``python_param { module layer }`` names one of this project's layers (under its
+    current or its earlier module name)."""
+    if module.startswith(LEGACY_LAYERS_PREFIX):
+        module = "layers." + module[len(LEGACY_LAYERS_PREFIX):]
+    return (module, layer) in PROJECT_PYTHON_LAYERS
+
+
 def refuse_foreign_python_layers(net_param, prototxt: str | os.PathLike) -> None:
     """Caffe imports and runs the module a Python layer names as soon as it builds the net: a
     net given to be evaluated or exported may only name this project's own layers
-    (``rmnet.layers.registry``). ValueError naming the prototxt and the layer otherwise."""
-    from rmnet.layers.registry import config_class
-
+    (``PROJECT_PYTHON_LAYERS``). ValueError naming the prototxt and the layer otherwise."""
     for layer in net_param.layer:
         if layer.type == "Python":
             pp = layer.python_param
-            if config_class(pp.module, pp.layer) is None:
+            if not is_project_layer(pp.module, pp.layer):
                 raise ValueError(f"{prototxt}: layer {layer.name!r} is a Python layer "
                                  f"{pp.module}.{pp.layer}, not one of this project's "
-                                 f"(rmnet.layers); refusing to import code a prototxt names")
+                                 f"(layers); refusing to import code a prototxt names")
 
 
 def input_size(net) -> tuple[str, int, int]:

@@ -1,15 +1,24 @@
-"""Caffe Python layers of the RMNet reproduction, and the numpy maths behind them.
+"""Deprecated module names: prototxts written by earlier versions name their Python layers
+``rmnet.layers.<module>``; the layers now live in the top-level package ``layers``.
 
-Caffe loads the layer classes by module name from the train/test prototxts
-(``python_param { module: "rmnet.layers.losses" layer: "AMSoftmaxLossLayer" }``):
-
-  rmnet.layers.losses     AM-Softmax and the local-structure losses (Center, Push, GlobPush)
-  rmnet.layers.loss_math  their forward values and gradients as plain numpy functions
-  rmnet.layers.config     typed layer configs parsed from ``param_str`` JSON
-  rmnet.layers.data       the Market-1501 data layer and the hard-sample-mining feedback layer
-  rmnet.layers.mining     hard-sample mining (numpy), used by the data layer
-  rmnet.layers.augment    the progressively harder augmentation, used by the data layer
-  rmnet.layers.dropout    dropout that switches itself off late in training
-
-The numpy modules import without Caffe; the layer classes exist only when ``caffe`` imports.
+Each module here makes ``rmnet.layers.<module>`` the very module ``layers.<module>`` (so a run
+folder rendered before the move still trains and resumes) and says once, on stderr, that the
+prototxt should be re-rendered. Nothing in the project imports these names.
 """
+from __future__ import annotations
+
+import importlib
+import sys
+
+NOTICED: set[str] = set()
+
+
+def forward(old_name: str) -> None:
+    """Make ``sys.modules[old_name]`` the module ``layers.<last part>`` and print the notice."""
+    new_name = "layers." + old_name.rsplit(".", 1)[1]
+    module = importlib.import_module(new_name)
+    sys.modules[old_name] = module
+    if old_name not in NOTICED:
+        NOTICED.add(old_name)
+        print(f"rmnet: deprecated Python layer module {old_name!r} in a prototxt: it is "
+              f"{new_name!r} now (re-render the nets to silence this)", file=sys.stderr)
