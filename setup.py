@@ -29,6 +29,8 @@ setup(
     name="rmnet-caffe",
     version="0.1.0",
     description="RMNet person re-identification (Izutov, 2018) reproduced in Caffe",
+    license="BSD-2-Clause",
+    license_files=["LICENSE"],
     python_requires="==3.11.*",
     packages=find_packages(include=[f"{top}{sub}" for top in TOP_LEVEL for sub in ("", ".*")]),
     include_package_data=True,

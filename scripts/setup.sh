@@ -257,6 +257,9 @@ verify_source() {
 
 step_caffe_source() {
   if verify_source "$SRC_DIR" >/dev/null 2>&1; then verify_source "$SRC_DIR"; return 0; fi
+  exec 8>"$SRC_DIR.lock"          # one download at a time (see step_caffe_build)
+  flock 8
+  if verify_source "$SRC_DIR" >/dev/null 2>&1; then verify_source "$SRC_DIR"; return 0; fi
   local mirror apt_opts
   mirror=$(debian_mirror)
   [ -n "$mirror" ] || { echo "no Debian mirror found in apt's configuration; set RMNET_DEBIAN_MIRROR"; return 1; }
@@ -332,6 +335,15 @@ step_caffe_build() {
   local prefix build stage
   prefix=$(caffe_prefix)
   if [ -f "$prefix/.complete" ]; then echo "cached: $prefix"; return 0; fi
+  # One build per prefix at a time: a second setup (another clone or worktree sharing the
+  # cache) waits here, then takes the finished build instead of removing the build folder
+  # under the first. The lock is released when this step's subshell exits.
+  exec 8>"$prefix.lock"
+  if ! flock -n 8; then
+    progress "another setup is building $prefix: waiting for it"
+    flock 8
+  fi
+  if [ -f "$prefix/.complete" ]; then echo "cached (built by another setup): $prefix"; return 0; fi
   build="$prefix.build"
   stage="$prefix.stage"
   rm -rf "$build" "$stage"
