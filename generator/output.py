@@ -24,7 +24,7 @@ def ablation_variants() -> list[str]:
 
 
 def solver_name(variant: str) -> str:
-    """File stem of a variant's solver: the README's `solvers/market.prototxt` is the light one."""
+    """File stem of a variant's solver: the docs' `solvers/market.prototxt` is the light one."""
     return SOLVER_NAMES.get(variant, variant)
 
 

@@ -6,7 +6,7 @@ device with the same solver, one NCCL unique id and its rank. What that means fo
 
 - each rank runs the prototxt's batch on its own device, and Caffe averages the gradients over
   the ranks: the effective batch is ``len(gpus) x batch_size``, at the solver's learning rate
-  (this project keeps the lr; see README "Several GPUs");
+  (this project keeps the lr; see docs/gpus.md, "Several GPUs");
 - the data layer gives each rank its share of every round's identities (layers.mining), so
   ranks see different images; hard-sample mining stays per rank;
 - rank 0 alone runs the test nets and writes snapshots (Caffe's root solver); its log is the

@@ -11,7 +11,7 @@ learnt descriptors spread their variance over a few dozen directions rather than
 isotropic descriptors (256). The defaults keep an identity's images clearly closer to each other
 than to other identities, yet in a large gallery part of a query's exact top 10 are images of
 other identities that happen to be close: the hard part for an approximate index, which has to
-find those too (README, "Gallery search", for what this costs).
+find those too (docs/gallery.md, for what this costs).
 
 Everything is generated chunk by chunk from ``(seed, chunk)``, so a 10^7-entry gallery never has
 to be in memory at once: the benchmark adds it to a compressed index chunk by chunk and computes

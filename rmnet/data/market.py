@@ -17,7 +17,7 @@ Only file names carry labels:
 ``layout="auto"`` (the default) takes the naming of the first image file (in sorted order) of the
 train folder; every image of the dataset must then follow that one naming.
 
-Decisions (documented in the README):
+Decisions (documented in docs/evaluation.md):
 
 - Which files are images: names ending in .jpg, .jpeg or .png (any case) that do not start with a
   dot. Other entries (the official Market zip ships a ``Thumbs.db`` in its folders; macOS

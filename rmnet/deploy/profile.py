@@ -7,7 +7,7 @@ channels, then the residual sum and an ELU) and the depthwise convolutions (9 mu
 output, then an ELU) gain little or nothing: their cost is the ELU (an exponential per output
 value, evaluated in float in both precisions) and memory traffic, not the multiply-adds that
 INT8 speeds up. ``tools/quantize.py --profile`` prints this table for any model on any machine;
-the numbers measured here are in results/ and the README.
+the numbers measured here are in results/ and docs/deployment.md.
 
 ``layer_times`` needs OpenVINO; ``layer_group`` and ``compare`` are plain functions.
 """
