@@ -83,6 +83,14 @@ def test_solver_parameters_and_command_are_read_from_the_log():
     assert log.values("test/loss/am_softmax") == ([0, 40, 80], [5.0, 4.0, 3.0])
 
 
+def test_newer_glog_prefix_with_the_year_ends_the_parameter_block_too():
+    """glog 0.6+ writes I20261207 where older ones wrote I1207 (this project's Caffe does)."""
+    old = parse_caffe_log(step_log())
+    new = parse_caffe_log(step_log().replace("\nI1207 ", "\nI20261207 "))
+    assert new.solver == old.solver and dict(new.series) == dict(old.series)
+    assert new.values("lr") == (list(STEP_LRS), list(STEP_LRS.values()))
+
+
 def test_step_lr_is_drawn_as_steps_changing_where_the_solver_changes_it():
     lr = lr_curve(parse_caffe_log(step_log()))
     assert lr.source == "solver" and lr.drawstyle == "steps-post"

@@ -39,7 +39,7 @@ _ITER_LR = re.compile(r"\] Iteration (\d+), lr = (\S+)")
 _TESTING = re.compile(r"\] Iteration (\d+), Testing net")
 _OUTPUT = re.compile(r"\] +(Train|Test) net output #\d+: (\S+) = (\S+)")
 _SOLVER_PARAMS = re.compile(r"\] Initializing solver from parameters:")
-_GLOG = re.compile(r"^[IWEF]\d{4} ")
+_GLOG = re.compile(r"^[IWEF]\d{4}(?:\d{4})? \d\d:")   # I1207 or I20261207 (glog >= 0.6)
 _PARAM = re.compile(r"^\s*(\w+): (.+?)\s*$")
 STEP_POLICIES = ("fixed", "step", "multistep")
 
