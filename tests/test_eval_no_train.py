@@ -5,8 +5,6 @@ with the training split removed), and a hand-checked metric case on a net whose 
 the image's mean colour."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import subprocess
@@ -17,12 +15,13 @@ import cv2
 import numpy as np
 import pytest
 
-from commands import eval_market
 from rmnet.data.datasets import detect_format, load_dataset, load_train_sets
 from rmnet.data.market import DatasetError
 from rmnet.data.synthetic import SyntheticConfig, generate
 from rmnet.data.synthetic_layouts import write_layout
 from tests.conftest import REPO
+from tests.test_eval_market import run_tool
+from tests.test_eval_market import weights as light_weights  # noqa: F401 (a fixture)
 
 LIGHT = REPO / "prototxt" / "light" / "deploy.prototxt"
 CFG = SyntheticConfig(train_ids=2, test_ids=5, images_per_id=3, queries_per_id=2, seed=3)
@@ -38,14 +37,6 @@ def drop_train(root: Path) -> Path:
         elif p.exists():
             p.unlink()
     return root
-
-
-def run(module, *args) -> tuple[int, str, str]:
-    """A command's main in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = module.main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -138,28 +129,13 @@ def test_import_openvino_unfold_refuses_an_evaluation_set(evalset):
 
 # --- scoring ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def light_weights(work, caffe) -> Path:
-    """Random light-net weights with usable BatchNorm statistics."""
-    net = caffe.Net(str(LIGHT), caffe.TEST)
-    for layer in net.layers:
-        if layer.type == "BatchNorm":
-            layer.blobs[0].data[...] = 0.0
-            layer.blobs[1].data[...] = 1.0
-            layer.blobs[2].data[...] = 1.0
-    path = work / "light.caffemodel"
-    net.save(str(path))
-    return path
-
-
 def test_eval_market_scores_an_evaluation_set_as_the_whole_dataset(work, full, evalset,
                                                                    light_weights):
     scores = {}
     for name, root in (("full", full), ("evalset", evalset)):
         out = work / f"{name}.json"
-        code, stdout, stderr = run(eval_market, "--prototxt", LIGHT, "--weights", light_weights,
-                                   "--data", root, "--json", out, "--batch", "8",
-                                   "--no-progress")
+        code, stdout, stderr = run_tool("--prototxt", LIGHT, "--weights", light_weights,
+                                        "--data", root, "--json", out, "--batch", "8")
         assert code == 0, stderr
         scores[name] = json.loads(out.read_text())
     if "no train split" not in stderr:
@@ -169,20 +145,20 @@ def test_eval_market_scores_an_evaluation_set_as_the_whole_dataset(work, full, e
     assert scores["evalset"]["num_valid_queries"] == CFG.test_ids * CFG.queries_per_id
 
 
-# Hand-checked case: the net's descriptor is the image's mean colour (an identity 1x1
-# convolution, global average pooling),
+# Hand-checked case: the net's descriptor is the image's mean colour (COLOUR_NET with an
+# identity 1x1 convolution, global average pooling),
 # so the ranking follows from the colours (BGR) alone, cosine distance.
 #   q1 (pid 1) = (200, 20, 20): g1 (pid 1) identical, cos 1; g2 (pid 2) cos 0.246; g3 (pid 1)
 #   cos 0.209 -> true matches at ranks 1 and 3: AP (1/1 + 2/3) / 2 = 5/6, rank-1 hit.
 #   q2 (pid 2) = (20, 200, 20): g3 cos 0.9999, g2 (its match) cos 0.884, g1 -> AP 1/2, a miss.
 #   mAP = (5/6 + 1/2) / 2 = 2/3, rank-1 1/2; mINP (matches / rank of the last one)
 #   = (2/3 + 1/2) / 2 = 7/12.
-MEAN_COLOUR_NET = """name: "mean_colour"
+COLOUR_NET = """name: "colour"
 layer { name: "data" type: "Input" top: "data"
         input_param { shape { dim: 1 dim: 3 dim: 32 dim: 16 } } }
-layer { name: "id" type: "Convolution" bottom: "data" top: "id"
-        convolution_param { num_output: 3 kernel_size: 1 bias_term: false } }
-layer { name: "pool" type: "Pooling" bottom: "id" top: "pool"
+layer { name: "mix" type: "Convolution" bottom: "data" top: "mix"
+        convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "pool" type: "Pooling" bottom: "mix" top: "pool"
         pooling_param { pool: AVE global_pooling: true } }
 """
 COLOURS = {"query/0001_c1s1_000001_00.png": (200, 20, 20),
@@ -192,27 +168,37 @@ COLOURS = {"query/0001_c1s1_000001_00.png": (200, 20, 20),
            "bounding_box_test/0001_c2s1_000005_00.png": (20, 200, 25)}
 
 
+def write_colour_set(root: Path, colours: dict[str, tuple[int, int, int]]) -> Path:
+    """An evaluation set of 32x16 single-colour PNGs (BGR), named as ``colours`` says."""
+    for rel, bgr in colours.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(root / rel), np.full((32, 16, 3), bgr, np.uint8))
+    return root
+
+
+def save_colour_net(net, path: Path, weight: np.ndarray, bias=(0.0, 0.0, 0.0)) -> Path:
+    """COLOUR_NET's caffemodel with the 1x1 convolution ``weight`` (3x3: out x in colour)."""
+    net.params["mix"][0].data[...] = np.asarray(weight, np.float32)[:, :, None, None]
+    net.params["mix"][1].data[...] = bias
+    net.save(str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def mean_colour(work, caffe) -> tuple[Path, Path, Path]:
     """(deploy prototxt, caffemodel, evaluation-set root) of the hand-checked case."""
-    root = work / "colours"
-    for rel, bgr in COLOURS.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        assert cv2.imwrite(str(root / rel), np.full((32, 16, 3), bgr, np.uint8))
-    proto = work / "mean_colour.prototxt"
-    proto.write_text(MEAN_COLOUR_NET)
-    weights = work / "mean_colour.caffemodel"
-    net = caffe.Net(str(proto), caffe.TEST)
-    net.params["id"][0].data[...] = np.eye(3, dtype=np.float32)[:, :, None, None]  # identity
-    net.save(str(weights))
-    return proto, weights, root
+    proto = work / "colour.prototxt"
+    proto.write_text(COLOUR_NET)
+    weights = save_colour_net(caffe.Net(str(proto), caffe.TEST), work / "colour.caffemodel",
+                              np.eye(3))
+    return proto, weights, write_colour_set(work / "colours", COLOURS)
 
 
 def test_hand_checked_metrics_on_an_evaluation_set(work, mean_colour):
     proto, weights, root = mean_colour
     out = work / "colours.json"
-    code, stdout, stderr = run(eval_market, "--prototxt", proto, "--weights", weights,
-                               "--data", root, "--json", out, "--no-progress", "--max-rank", "3")
+    code, stdout, stderr = run_tool("--prototxt", proto, "--weights", weights, "--data", root,
+                                    "--json", out, "--max-rank", "3")
     assert code == 0, stderr
     res = json.loads(out.read_text())
     assert res["cmc"]["1"] == pytest.approx(0.5)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -16,6 +15,7 @@ from training.heldout import ScoresFileError, latest_per_iteration, read_scores,
 from training.log import add_heldout, lr_curve, parse_caffe_log, solver_lr
 from training.plots import curve_panels
 from tests.conftest import REPO
+from tests.test_eval_no_train import COLOUR_NET, save_colour_net, write_colour_set
 
 # The start of a `caffe train` log as run_caffe_train writes it: the command line, then Caffe's
 # solver parameters (a SolverParameter, one field a line, nested messages in braces).
@@ -161,16 +161,9 @@ def test_a_broken_scores_file_is_named(tmp_path):
 
 # --- held-out scoring of real snapshots -----------------------------------------------------------
 
-# A descriptor net with one learnable layer: a 1x1 convolution of the colour, global average
-# pooled. Its "snapshots" differ in that weight, so their held-out scores differ.
-NET = """name: "colour"
-layer { name: "data" type: "Input" top: "data"
-        input_param { shape { dim: 1 dim: 3 dim: 32 dim: 16 } } }
-layer { name: "mix" type: "Convolution" bottom: "data" top: "mix"
-        convolution_param { num_output: 3 kernel_size: 1 } }
-layer { name: "pool" type: "Pooling" bottom: "mix" top: "pool"
-        pooling_param { pool: AVE global_pooling: true } }
-"""
+# The descriptor net of the hand-checked evaluation (a 1x1 convolution of the colour, global
+# average pooled); its "snapshots" differ in that weight, so their held-out scores differ.
+#
 # Two identities whose colours differ in blue only; green and red are noise that varies per
 # image. Weights that keep blue (and a constant, so that the direction tells blue apart) rank
 # perfectly; weights that keep only green and red put each query's twin of the other identity
@@ -189,23 +182,14 @@ def run_dir(tmp_path, caffe) -> Path:
     without training split, and a log naming them."""
     run = tmp_path / "run"
     (run / "snapshots").mkdir(parents=True)
-    (run / "deploy.prototxt").write_text(NET)
+    (run / "deploy.prototxt").write_text(COLOUR_NET)
     net = caffe.Net(str(run / "deploy.prototxt"), caffe.TEST)
-
-    def save(path: Path, keep: list[int], bias: float = 0.0):
-        net.params["mix"][0].data[...] = 0.0
-        net.params["mix"][1].data[...] = 0.0
-        for c in keep:
-            net.params["mix"][0].data[c, c, 0, 0] = 1.0
-        net.params["mix"][1].data[1] = bias
-        net.save(str(path))
-    save(run / "init.caffemodel", [1, 2])                       # green and red: noise
-    save(run / "snapshots" / "light_iter_30.caffemodel", [1, 2])
-    save(run / "snapshots" / "light_iter_60.caffemodel", [0], bias=100.0)   # blue: identity
-    val = tmp_path / "val"
-    for rel, bgr in IMAGES.items():
-        (val / rel).parent.mkdir(parents=True, exist_ok=True)
-        assert cv2.imwrite(str(val / rel), np.full((32, 16, 3), bgr, np.uint8))
+    noise = np.diag([0.0, 1.0, 1.0])                            # green and red: noise
+    save_colour_net(net, run / "init.caffemodel", noise)
+    save_colour_net(net, run / "snapshots" / "light_iter_30.caffemodel", noise)
+    save_colour_net(net, run / "snapshots" / "light_iter_60.caffemodel",      # blue: identity
+                    np.diag([1.0, 0.0, 0.0]), bias=(0.0, 100.0, 0.0))
+    write_colour_set(tmp_path / "val", IMAGES)
     (run / "train.log").write_text(step_log(run=str(run), weights=str(run / "init.caffemodel")))
     return run
 
