@@ -131,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
             else:                      # absent, or made with other settings (another --seed)
                 generate(root, cfg, overwrite=root.exists())
 
-        print("[2/5] nets, solver and initial weights", flush=True)
         fmt = args.format if args.data is not None else None
-        test = (load_dataset(args.test_data.resolve(), args.test_format)
-                if args.test_data is not None else load_dataset(root, fmt))
         if args.test_data is not None:
+            test = load_dataset(args.test_data.resolve(), args.test_format)
             print("  scored on " + test.summary())
+        else:
+            test = load_dataset(root, fmt)
+
+        print("[2/5] nets, solver and initial weights", flush=True)
         paths = prepare_run("light", root, out / "run", args.iters, args.batch_size, format=fmt)
         init = paths["solver"].parent / "init.caffemodel"
         init_weights(paths["deploy"], init, seed=args.seed, log=lambda m: print("  " + m))

@@ -233,6 +233,20 @@ def test_demo_refuses_to_train_on_an_evaluation_set(evalset, tmp_path):
     assert not (out / "run").exists()      # stopped before anything was rendered
 
 
+def test_demo_trains_on_one_set_and_scores_on_an_evaluation_set(full, evalset, tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "demo.py"), "--data", str(full),
+                        "--test-data", str(evalset), "--iters", "6", "--batch-size", "8",
+                        "--min-ratio", "0", "--out", str(out)], capture_output=True, text=True,
+                       cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"scored on {evalset} (market1501): no train split" in r.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["test_dataset"] == str(evalset) and res["dataset"] == str(full)
+    n = CFG.test_ids * CFG.queries_per_id
+    assert res["untrained"]["num_valid_queries"] == res["trained"]["num_valid_queries"] == n
+
+
 # --- quantize -----------------------------------------------------------------------------------
 
 def tiny_onnx(path: Path) -> Path:
