@@ -311,9 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         calib_records, calib_kind = calibration_records(calib_ds)
         if not calib_ds.train:
+            same = calib_ds is ds
             print(f"note: {calib_root} has no training split: calibrating on its gallery "
-                  f"images{' (the accuracy is measured on them too)' if calib_ds is ds else ''}"
-                  f"; --calib-data DIR takes them from another dataset")
+                  f"images{' (the accuracy is measured on them too)' if same else ''}"
+                  f"{'; --calib-data DIR takes them from another dataset' if same else ''}")
         calib = calibration_blob(calib_records, args.calib, hw)
         print(f"quantizing {fp32} with NNCF ({args.preset} preset, {args.ranges} ranges) on "
               f"{len(calib)} {calib_kind} of {calib_root} ...")

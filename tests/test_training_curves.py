@@ -216,6 +216,16 @@ def test_score_snapshots_scores_each_once_and_appends(run_dir, tmp_path):
                           tmp_path / "val", scores, initial=run_dir / "init.caffemodel",
                           log=said.append)
     assert [r["iteration"] for r in got] == [0, 30, 60, 90] and len(read_scores(scores)) == 4
+    # a parsed dataset under a name of its own (a validation split carved in memory, say): its
+    # scores are kept apart from those on the root
+    from rmnet.data.datasets import load_dataset
+    carved = score_snapshots(run_dir / "deploy.prototxt", run_dir / "snapshots" / "light",
+                             load_dataset(tmp_path / "val"), scores, data_id="val-split",
+                             log=said.append)
+    assert [r["iteration"] for r in carved] == [30, 60, 90]
+    assert [r["mAP"] for r in carved] == [r["mAP"] for r in got[1:]]
+    assert len(read_scores(scores)) == 7
+    assert len(latest_per_iteration(read_scores(scores), "val-split")) == 3
 
 
 def test_plot_training_scores_the_run_and_draws_the_curve(run_dir, tmp_path):

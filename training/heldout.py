@@ -25,6 +25,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from rmnet.data.market import Dataset
+
 SCORES_SUFFIX = ".heldout.jsonl"
 METRICS = ("rank1", "mAP", "mAP_official")
 
@@ -77,20 +79,24 @@ def _stamp(path: Path) -> list[int]:
 
 
 def score_snapshots(deploy: str | os.PathLike, prefix: str | os.PathLike,
-                    data: str | os.PathLike, scores: str | os.PathLike,
+                    data: str | os.PathLike | Dataset, scores: str | os.PathLike,
                     format: str | None = None, initial: str | os.PathLike | None = None,
+                    data_id: str | None = None,
                     log: Callable[[str], None] = print) -> list[dict]:
     """Score every snapshot of ``prefix`` (and ``initial`` as iteration 0) not yet in
-    ``scores`` on ``data``'s query/gallery with the ``deploy`` net; append each new score to
-    ``scores`` as it is made; return the scores on ``data``, one per iteration, sorted. The
-    dataset needs no training split."""
+    ``scores`` on the query/gallery of ``data`` (a root in ``format``, or a parsed ``Dataset``
+    such as a validation split carved from training identities) with the ``deploy`` net;
+    append each new score to ``scores`` as it is made; return the scores on ``data``, one per
+    iteration, sorted. The dataset needs no training split. ``data_id``: how the scores file
+    names this held-out set (default: its resolved root; give one to tell apart two sets from
+    the same root, e.g. a validation split and the test split)."""
     from rmnet.data.datasets import load_dataset
     from rmnet.deploy.backends import PycaffeBackend
     from rmnet.eval.evaluate import evaluate_data
     from training.run import snapshots
 
-    ds = load_dataset(data, format)
-    root = str(ds.root.resolve())
+    ds = data if isinstance(data, Dataset) else load_dataset(data, format)
+    root = data_id or str(ds.root.resolve())
     scores = Path(scores)
     done = {(int(r["iteration"]), r.get("caffemodel"), tuple(r.get("stamp", ())))
             for r in read_scores(scores) if r.get("data") == root and r.get("format") == format}
