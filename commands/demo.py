@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio, passed = verdict(untrained["mAP"], trained["mAP"], args.min_ratio)
     results = {
-        "dataset": str(root), "test_dataset": str(test.root), "iterations": args.iters, "batch_size": args.batch_size,
+        "dataset": str(root), "test_dataset": str(test.root), "iterations": args.iters,
+        "batch_size": args.batch_size,
         "untrained": untrained, "trained": trained, "mAP_ratio": ratio,
         "min_ratio": args.min_ratio, "passed": passed,
         "train_seconds": round(train_seconds, 1), "total_seconds": round(time.monotonic() - t0, 1),
