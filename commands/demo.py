@@ -14,12 +14,16 @@ Steps, each printed as it runs:
    (class count = its training identities, batch ``--batch-size``) with the paper's schedule
    scaled to ``--iters`` (lr 1e-2, x0.1 at 1/3 and 2/3, dropout off at 2/3), and the initial
    caffemodel (orthogonal + MSRA, paper V.ii);
-3. the untrained network scored on query/gallery (the Market-1501 protocol). The initial
+3. the untrained network scored on query/gallery (the Market-1501 protocol) of ``--data``, or of
+   ``--test-data`` (another set, which may have no training split). The initial
    caffemodel has placeholder BatchNorm statistics (identity), so the real ones are first
    measured on training images; the weights are the initial ones;
 4. `caffe train -solver <out>/run/solver.prototxt -weights <out>/run/init.caffemodel`;
 5. the trained network scored the same way; a table of rank-1/5/10 and both mAPs, untrained vs
    trained, the training curves as a PNG, and everything in ``<out>/results.json``.
+
+A ``--data`` without a training split (only query/ and a gallery: an evaluation set) stops at
+step 1 with a message naming it (exit status 2): the demo trains; give it as ``--test-data``.
 
 The demo passes when the trained mAP is at least twice the untrained one (exit code 0; 1 if not).
 """
@@ -44,15 +48,15 @@ DEFAULT_BATCH = 32
 MIN_RATIO = 2.0           # trained / untrained mAP that counts as "it learnt"
 
 
-def evaluate(deploy: Path, weights: Path, root: Path, desc: str, dataset=None) -> dict:
-    """Rank-1/5/10/20, mAP (both conventions), mINP of a caffemodel on ``root``'s query/gallery
-    (``dataset``: the parsed root, any format of rmnet.data.datasets; else read as Market)."""
-    from rmnet.data.market import load_market
+def evaluate(deploy: Path, weights: Path, data, desc: str, format: str | None = None) -> dict:
+    """Rank-1/5/10/20, mAP (both conventions), mINP of a caffemodel on the query/gallery of
+    ``data`` (a root in any format of rmnet.data.datasets, or a parsed ``Dataset``; it needs no
+    training split): rmnet.eval.evaluate.evaluate_data, as every tool scores."""
     from rmnet.deploy.backends import PycaffeBackend
-    from rmnet.eval.evaluate import evaluate as evaluate_dataset
+    from rmnet.eval.evaluate import evaluate_data
 
-    ds = dataset if dataset is not None else load_market(root)
-    return evaluate_dataset(PycaffeBackend(deploy, weights), ds, desc=desc).result.to_json()
+    return evaluate_data(PycaffeBackend(deploy, weights), data, format,
+                         desc=desc).result.to_json()
 
 
 def table(untrained: dict, trained: dict) -> str:
@@ -80,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, help="dataset folder, any format of "
                     "rmnet.data.datasets (default: synthetic)")
     ap.add_argument("--format", help="with --data: its format (default: detected)")
+    ap.add_argument("--test-data", type=Path, help="score on this dataset's query/gallery "
+                    "instead of --data's (any format; it needs no training split)")
+    ap.add_argument("--test-format", help="with --test-data: its format (default: detected)")
     ap.add_argument("--iters", type=int, default=DEFAULT_ITERS)
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "demo")
@@ -92,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--iters must be >= 3 and --batch-size >= 2")
     if args.min_ratio < 0:
         ap.error("--min-ratio must be >= 0")
+    if args.test_format and args.test_data is None:
+        ap.error("--test-format applies only with --test-data")
 
     from generator import ConfigError
     from rmnet.atomic import atomic_write_text
-    from rmnet.data.datasets import load_dataset
+    from rmnet.data.datasets import load_dataset, no_train_error
     from rmnet.data.market import DatasetError
     from training.run import (TrainingError, calibrate_batchnorm, final_snapshot, init_weights,
                                 prepare_run, run_caffe_train, train_images)
@@ -106,7 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         print("[1/5] dataset", flush=True)
         if args.data is not None:
             root = args.data.resolve()
-            print("  " + load_dataset(root, args.format).summary())
+            given = load_dataset(root, args.format)
+            print("  " + given.summary())
+            if not given.has_train:     # before anything is rendered or written
+                raise DatasetError(no_train_error(given, "the demo, which trains a model,") +
+                                   "; or train on another set and score on this one with "
+                                   "--test-data")
         else:
             from rmnet.data.synthetic import SyntheticConfig, generate
             root = out / "synthetic"
@@ -117,9 +131,14 @@ def main(argv: list[str] | None = None) -> int:
             else:                      # absent, or made with other settings (another --seed)
                 generate(root, cfg, overwrite=root.exists())
 
-        print("[2/5] nets, solver and initial weights", flush=True)
         fmt = args.format if args.data is not None else None
-        ds = load_dataset(root, fmt)
+        if args.test_data is not None:
+            test = load_dataset(args.test_data.resolve(), args.test_format)
+            print("  scored on " + test.summary())
+        else:
+            test = load_dataset(root, fmt)
+
+        print("[2/5] nets, solver and initial weights", flush=True)
         paths = prepare_run("light", root, out / "run", args.iters, args.batch_size, format=fmt)
         init = paths["solver"].parent / "init.caffemodel"
         init_weights(paths["deploy"], init, seed=args.seed, log=lambda m: print("  " + m))
@@ -128,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         calibrated = paths["solver"].parent / "untrained_bn.caffemodel"
         calibrate_batchnorm(paths["deploy"], init, train_images(root, fmt), calibrated,
                             seed=args.seed)
-        untrained = evaluate(paths["deploy"], calibrated, ds.root, "untrained features", ds)
+        untrained = evaluate(paths["deploy"], calibrated, test, "untrained features")
         print(f"  rank-1 {100 * untrained['cmc']['1']:.1f}%  mAP {100 * untrained['mAP']:.1f}%")
 
         print(f"[4/5] caffe train, {args.iters} iterations "
@@ -140,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         model = final_snapshot(paths["snapshots"] / "light", args.iters)
 
         print("[5/5] the trained network", flush=True)
-        trained = evaluate(paths["deploy"], model, ds.root, "trained features", ds)
+        trained = evaluate(paths["deploy"], model, test, "trained features")
         from training.log import read_caffe_log
         from training.plots import plot_training
         curves = out / "training.png"
@@ -151,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio, passed = verdict(untrained["mAP"], trained["mAP"], args.min_ratio)
     results = {
-        "dataset": str(root), "iterations": args.iters, "batch_size": args.batch_size,
+        "dataset": str(root), "test_dataset": str(test.root), "iterations": args.iters,
+        "batch_size": args.batch_size,
         "untrained": untrained, "trained": trained, "mAP_ratio": ratio,
         "min_ratio": args.min_ratio, "passed": passed,
         "train_seconds": round(train_seconds, 1), "total_seconds": round(time.monotonic() - t0, 1),

@@ -1,6 +1,8 @@
 """Evaluate a person re-identification model on Market-1501 or any dataset rmnet.data.datasets
 reads (MSMT17, CUHK03-NP, DukeMTMC-reID, custom folders or lists; --format, else detected): the
-model may come from training on another set (cross-dataset evaluation).
+model may come from training on another set (cross-dataset evaluation). Only the query and
+gallery are read: a root without a training split (e.g. only query/ and bounding_box_test/, an
+evaluation set) is scored as it is.
 
     # extract descriptors with a caffemodel and score them
     .venv/bin/python tools/eval_market.py --prototxt prototxt/light/deploy.prototxt \\

@@ -53,9 +53,14 @@ def image_list(root: Path) -> list[str]:
     if not root.is_dir():
         raise IRImportError(f"{root}: not a folder of images")
     try:
-        return [str(r.path) for r in load_market(root).train]
+        ds = load_market(root)
     except DatasetError:
         pass
+    else:
+        if not ds.train:     # an evaluation set: its test images are no training images
+            raise IRImportError(f"{root}: a dataset without a training split (query and "
+                                f"gallery only): the BatchNorm un-fold needs training images")
+        return [str(r.path) for r in ds.train]
     files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_name(p.name)
                    and not p.name.startswith("."))
     if not files:

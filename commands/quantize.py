@@ -10,7 +10,12 @@
    exported first with ``rmnet.deploy.export`` (checked against pycaffe, 1e-4).
 2. Calibration: ``--calib`` training crops (default 300) of the dataset (``bounding_box_train/``,
    an evenly spaced selection over the sorted file list, so every identity and camera is
-   represented), at the model's input size, raw BGR as always.
+   represented), at the model's input size, raw BGR as always. A dataset without a training
+   split (query and gallery only, an evaluation set) calibrates on its gallery images instead,
+   chosen the same way, and says so: the ranges then come from the images the accuracy is
+   measured on (no labels are used; calibration only needs the activation ranges of this kind
+   of image), so the accuracy change is a slightly optimistic one. ``--calib-data DIR`` takes
+   the calibration crops from another dataset (its training split, else its gallery).
 3. ``nncf.quantize`` on the OpenVINO model (``--accuracy-control``:
    ``nncf.quantize_with_accuracy_control`` with rank-1 on ``--data`` as the metric and
    ``--max-rank1-drop`` as the bound), fast bias correction, preset PERFORMANCE
@@ -72,6 +77,14 @@ def fp32_model(args, workdir: Path) -> Path:
     for line in report.lines():
         print(f"  {line}")
     return Path(report.openvino_xml)
+
+
+def calibration_records(ds) -> tuple[list, str]:
+    """The images to calibrate on and what they are: the training split, or the gallery of a
+    dataset without one (see the module doc)."""
+    if ds.train:
+        return ds.train, "training crops"
+    return ds.gallery, "gallery crops (no training split)"
 
 
 def calibration_blob(records, n: int, hw: tuple[int, int]) -> np.ndarray:
@@ -220,10 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--weights", type=Path)
     ap.add_argument("--data", type=Path, required=True,
                     help="dataset root in any supported layout (calibration from its train "
-                         "split, accuracy on its query/gallery), e.g. from `python -m "
-                         "rmnet.data.synthetic`")
+                         "split, or its gallery without one; accuracy on its query/gallery), "
+                         "e.g. from `python -m rmnet.data.synthetic`")
     ap.add_argument("--format", choices=FORMATS,
                     help="the dataset layout of --data (default: detected)")
+    ap.add_argument("--calib-data", type=Path, metavar="DIR",
+                    help="calibrate on this dataset instead of --data (its training split, "
+                         "else its gallery); --calib-format its layout")
+    ap.add_argument("--calib-format", choices=FORMATS,
+                    help="the dataset layout of --calib-data (default: detected)")
     ap.add_argument("--out", type=Path, required=True, help="folder for the INT8 IR")
     ap.add_argument("--name", help="output stem (default: the model's or caffemodel's stem)")
     ap.add_argument("--calib", type=int, default=300, help="calibration crops (%(default)s)")
@@ -261,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--calib and --repeats must be >= 1, --warmup and --min-time >= 0")
     check_output(args.out, '--out', folder=True)
     check_output(args.json, '--json')
+    if args.calib_format and not args.calib_data:
+        ap.error("--calib-format applies only with --calib-data")
     if (args.model and (args.prototxt or args.weights)) or \
             (not args.model and not (args.prototxt and args.weights)):
         ap.error("give --model, or both --prototxt and --weights")
@@ -270,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         ds = load_dataset(args.data, args.format)
+        calib_root = args.calib_data or args.data
+        calib_ds = load_dataset(args.calib_data, args.calib_format) if args.calib_data else ds
     except (DatasetError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -287,9 +309,15 @@ def main(argv: list[str] | None = None) -> int:
         fp32_backend = OpenVINOBackend(fp32)
         hw = fp32_backend.input_hw
         t0 = time.perf_counter()
-        calib = calibration_blob(ds.train, args.calib, hw)
+        calib_records, calib_kind = calibration_records(calib_ds)
+        if not calib_ds.train:
+            same = calib_ds is ds
+            print(f"note: {calib_root} has no training split: calibrating on its gallery "
+                  f"images{' (the accuracy is measured on them too)' if same else ''}"
+                  f"{'; --calib-data DIR takes them from another dataset' if same else ''}")
+        calib = calibration_blob(calib_records, args.calib, hw)
         print(f"quantizing {fp32} with NNCF ({args.preset} preset, {args.ranges} ranges) on "
-              f"{len(calib)} training crops of {args.data} ...")
+              f"{len(calib)} {calib_kind} of {calib_root} ...")
         control = rank1_validator(ds, hw) if args.accuracy_control else None
         int8_model = quantize(fp32, calib, args.preset, args.bias_correction == "fast",
                               args.keep_fp32, control, args.max_rank1_drop / 100, args.ranges)
@@ -353,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "bias_correction": args.bias_correction,
                                 "keep_fp32": args.keep_fp32 or [],
                                 "accuracy_control": args.accuracy_control,
-                                "data": str(args.data)},
+                                "data": str(calib_root), "images_from": calib_kind},
                 "descriptor_cosine_mean": agreement, "rank1_drop": drop,
                 "throughput_speedup": ratio,
                 "throughput_best": {"fp32": best32[0], "int8": best8[0]},

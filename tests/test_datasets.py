@@ -93,7 +93,7 @@ def test_msmt17_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"list_val\.txt: .*label 5, which is no identity"):
         load_dataset(root)
     root = make_msmt17(tmp_path / "e" / "MSMT17_V1")
-    with pytest.raises(DatasetError, match=r"missing list_train\.txt.*did you mean .*MSMT17_V1"):
+    with pytest.raises(DatasetError, match=r"missing list_query\.txt.*did you mean .*MSMT17_V1"):
         load_dataset(tmp_path / "e", "msmt17")
     root = make_msmt17(tmp_path / "f")
     (root / "list_val.txt").unlink()
@@ -152,7 +152,7 @@ def test_cuhk03_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"query/0003_c3_1\.png: .*CUHK03-NP naming"):
         load_dataset(root, "cuhk03-labeled")
     root = make_cuhk03(tmp_path / "b", subsets=("labeled",))
-    with pytest.raises(DatasetError, match=r"b/detected: missing bounding_box_train/"):
+    with pytest.raises(DatasetError, match=r"b/detected: missing query/, bounding_box_test/"):
         load_dataset(root, "cuhk03-detected")
     # CUHK03-NP names in a folder that is not labeled/ or detected/: the format must say which
     renamed = make_cuhk03(tmp_path / "c", subsets=("mine",)) / "mine"

@@ -542,12 +542,13 @@ def final_snapshot(prefix: str | os.PathLike, max_iter: int) -> Path:
     return Path(f"{prefix}_iter_{max_iter}.caffemodel")
 
 
-def snapshots(prefix: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(iteration, .solverstate) pairs of a snapshot prefix, oldest first."""
+def snapshots(prefix: str | os.PathLike, ext: str = ".solverstate") -> list[tuple[int, Path]]:
+    """(iteration, file) pairs of a snapshot prefix, oldest first: its .solverstate files, or
+    with ``ext=".caffemodel"`` its caffemodels."""
     prefix = Path(prefix)
     found = []
-    for p in prefix.parent.glob(prefix.name + "_iter_*.solverstate"):
-        m = re.search(r"_iter_(\d+)\.solverstate$", p.name)
+    for p in prefix.parent.glob(prefix.name + "_iter_*" + ext):
+        m = re.search(r"_iter_(\d+)" + re.escape(ext) + "$", p.name)
         if m:
             found.append((int(m.group(1)), p))
     return sorted(found)

@@ -22,6 +22,7 @@ Protocol (the new one, which replaced CUHK03's 20 random splits):
   Market-1501, so a query's true matches are its images from the other camera. There is no
   junk and no distractor: a name with pid 0 or -1 is refused.
 - Which files are images and the sort order: as ``rmnet.data.market`` (PNG and JPEG).
+- ``bounding_box_train/`` is optional, as for Market-1501: without it the subset is scored only.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import os
 import re
 from pathlib import Path
 
-from rmnet.data.market import SPLITS, Dataset, DatasetError, Record, list_images
+from rmnet.data.market import SPLITS, TEST_SPLITS, Dataset, DatasetError, Record, list_images
 
 SUBSETS = ("labeled", "detected")
 PATTERN = re.compile(r"^(\d{1,4})_c([12])_(\d+)\.(?:png|jpe?g)$", re.IGNORECASE)
@@ -51,9 +52,9 @@ def subset_root(root: Path, subset: str) -> Path:
     if subset not in SUBSETS:
         raise DatasetError(f"unknown CUHK03-NP subset {subset!r}; one of {', '.join(SUBSETS)}")
     for cand in (root / subset, root):
-        if all((cand / f).is_dir() for f in SPLITS.values()):
+        if all((cand / f).is_dir() for f in TEST_SPLITS):
             return cand
-    missing = [f + "/" for f in SPLITS.values() if not (root / subset / f).is_dir()]
+    missing = [f + "/" for f in TEST_SPLITS if not (root / subset / f).is_dir()]
     raise DatasetError(f"{root / subset}: missing {', '.join(missing)}; {expected_cuhk03(root)}")
 
 
@@ -82,6 +83,8 @@ def load_cuhk03(root: str | os.PathLike, subset: str) -> Dataset:
         raise DatasetError(f"dataset root {root} does not exist or is not a folder; "
                            f"{expected_cuhk03(root)}")
     base = subset_root(root, subset)
-    splits = {name: _read_split(base / folder) for name, folder in SPLITS.items()}
+    splits = {name: _read_split(base / folder) for name, folder in SPLITS.items()
+              if name != "train" or (base / folder).is_dir()}   # train: optional
+    splits.setdefault("train", [])
     return Dataset(base, f"cuhk03-np-{subset}", splits["train"], splits["query"],
                    splits["gallery"])

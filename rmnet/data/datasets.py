@@ -16,6 +16,10 @@ format               layout (protocol in the reader's module doc)
 ``csv``              custom: train.csv query.csv gallery.csv (or .tsv) of path,pid[,camid]
 ==================== ==========================================================================
 
+Every format reads a root without a training split (only query and gallery: an evaluation
+set) into a ``Dataset`` with an empty ``train`` (``has_train`` False); evaluation takes it as it
+is, and training (``combine_train``) stops with a message naming the root.
+
 ``format=None`` detects the layout from what the root holds (the checks are listed in
 ``detect_format``); a root that matches none is an error naming it, listing what each layout
 expects and what was found. A CUHK03-NP root with both subsets needs the format (the two are
@@ -36,8 +40,8 @@ import numpy as np
 from rmnet.data.cuhk03 import SUBSETS, expected_cuhk03, is_cuhk03_name, load_cuhk03
 from rmnet.data.custom import (expected_folders, expected_lists, list_file, load_folders,
                                load_lists)
-from rmnet.data.market import (SPLITS, Dataset, DatasetError, expected_layout, list_images,
-                               load_market)
+from rmnet.data.market import (SPLITS, TEST_SPLITS, Dataset, DatasetError, expected_layout,
+                               list_images, load_market)
 from rmnet.data.msmt17 import LISTS as MSMT17_LISTS
 from rmnet.data.msmt17 import expected_msmt17, load_msmt17, msmt17_version
 
@@ -45,7 +49,18 @@ FORMATS = ("market", "duke", "msmt17", "cuhk03-labeled", "cuhk03-detected", "fol
 
 
 def _market_like(root: Path) -> bool:
-    return all((root / f).is_dir() for f in SPLITS.values())
+    """query/ and bounding_box_test/ (bounding_box_train/ is optional: an evaluation set)."""
+    return all((root / f).is_dir() for f in TEST_SPLITS)
+
+
+def _first_image(root: Path) -> list[Path]:
+    """The first image of the train split, or of the query split without one (at most one)."""
+    for folder in (SPLITS["train"], SPLITS["query"]):
+        if (root / folder).is_dir():
+            first = list_images(root / folder)[:1]
+            if first:
+                return first
+    return []
 
 
 def detect_format(root: str | os.PathLike) -> str:
@@ -58,7 +73,7 @@ def detect_format(root: str | os.PathLike) -> str:
         what = "does not exist" if not root.exists() else "is not a folder"
         raise DatasetError(f"dataset root {root} {what}; expected one of: {expected_any(root)}")
     if _market_like(root):
-        first = list_images(root / SPLITS["train"])[:1]
+        first = _first_image(root)
         if first and is_cuhk03_name(first[0].name):
             sub = root.name if root.name in SUBSETS else None
             if sub is None:
@@ -182,13 +197,19 @@ def combine_train(datasets: list[Dataset]) -> TrainSet:
     offset = 0
     for ds in datasets:
         if not ds.train:
-            raise DatasetError(f"{ds.root}: no training images (the {ds.layout} root has no "
-                               f"train split)")
+            raise DatasetError(no_train_error(ds))
         offsets.append(offset)
         paths += [str(r.path) for r in ds.train]
         labels.append(ds.train_labels() + offset)
         offset += ds.num_train_ids
     return TrainSet(paths, np.concatenate(labels), offset, tuple(offsets), tuple(datasets))
+
+
+def no_train_error(ds: Dataset, what: str = "training") -> str:
+    """The message for a dataset without a training split given to something that needs one."""
+    return (f"{ds.root}: no training images: this {ds.layout} root has no training split (only "
+            f"query and gallery, an evaluation set), and {what} needs one; it can still be "
+            f"scored (tools/eval_market.py --data {ds.root})")
 
 
 def load_train_sets(root: str | list[str], format: str | list[str | None] | None = None,

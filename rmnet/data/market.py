@@ -33,6 +33,11 @@ Decisions (documented in docs/evaluation.md):
 - Query and gallery keep the original pids. Camera ids are kept 1-based, as in the names.
 - Order: every split is sorted by file name, so labels, features and scores line up run to run.
 - A split with no images is an error.
+- The training split is optional: a root with only ``query/`` and ``bounding_box_test/`` is an
+  evaluation set (most published test sets come that way, and a model trained elsewhere needs no
+  training images to be scored). Its ``Dataset.train`` is empty, ``has_train`` False, and
+  whatever trains on it (``rmnet.data.datasets.combine_train``) stops with a message naming the
+  root. ``layout="auto"`` then takes the naming from the first query image.
 
 Only names are read here, never pixels: a corrupt image is found when it is loaded
 (``rmnet.data.images.load_bgr``).
@@ -50,6 +55,8 @@ from rmnet.data.images import is_image_name
 
 # split name -> folder name
 SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+# the folders every root needs (the train split is optional: an evaluation set has none)
+TEST_SPLITS = (SPLITS["query"], SPLITS["gallery"])
 
 JUNK_PID = -1
 DISTRACTOR_PID = 0
@@ -79,9 +86,10 @@ class DatasetError(ValueError):
 
 def expected_layout(root: str | os.PathLike) -> str:
     """A description of what a dataset root must contain, for error messages."""
-    folders = ", ".join(f"{Path(root) / f}/" for f in SPLITS.values())
+    folders = ", ".join(f"{Path(root) / f}/" for f in TEST_SPLITS)
     examples = " or ".join(f"{lay.example} ({lay.name})" for lay in LAYOUTS.values())
-    return f"expected the folders {folders} holding images named like {examples}"
+    return (f"expected the folders {folders} (and {Path(root) / SPLITS['train']}/ to train on) "
+            f"holding images named like {examples}")
 
 
 @dataclass(frozen=True)
@@ -198,6 +206,11 @@ class Dataset:
         return f"Dataset({self.summary()})"
 
     @property
+    def has_train(self) -> bool:
+        """Whether the root has training images (an evaluation set has none)."""
+        return bool(self.train)
+
+    @property
     def num_train_ids(self) -> int:
         return len(self.train_pids)
 
@@ -221,6 +234,9 @@ class Dataset:
         parts = [f"{self.root} ({self.layout}):"]
         for name in SPLITS:
             recs = self.split(name)
+            if name == "train" and not recs:
+                parts.append("no train split (evaluation only)")
+                continue
             ids = {r.pid for r in recs if r.pid > 0}
             extra = ""
             if name == "gallery":
@@ -251,7 +267,7 @@ def _missing_folder_error(root: Path, missing: list[str]) -> DatasetError:
         subdirs = [d for d in sorted(root.iterdir()) if d.is_dir()]
     except OSError:
         subdirs = []
-    hits = [d for d in subdirs if all((d / f).is_dir() for f in SPLITS.values())]
+    hits = [d for d in subdirs if all((d / f).is_dir() for f in TEST_SPLITS)]
     if hits:
         msg += f" (did you mean {hits[0]}?)"
     return DatasetError(msg)
@@ -271,22 +287,26 @@ def load_market(root: str | os.PathLike, layout: str = "auto",
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
         raise DatasetError(f"dataset root {root} {what}; {expected_layout(root)}")
-    missing = [f for f in SPLITS.values() if not (root / f).is_dir()]
+    missing = [f for f in TEST_SPLITS if not (root / f).is_dir()]
     if missing:
         raise _missing_folder_error(root, missing)
 
-    splits: dict[str, list[Record]] = {}
+    splits: dict[str, list[Record]] = {"train": []}
     auto = layout == "auto"
+    first_split = None       # the split whose first image decided the naming for "auto"
     for name, folder in SPLITS.items():
+        if name == "train" and not (root / folder).is_dir():
+            continue         # an evaluation set: query and gallery only
         try:
             records, used = load_split(root / folder, layout, skip_non_images)
         except DatasetError as e:
-            if auto and name != "train" and "naming" in str(e):
-                first = splits["train"][0].name
+            if auto and first_split is not None and "naming" in str(e):
+                first = splits[first_split][0].name
                 raise DatasetError(f"{e} (the {layout} naming was detected from "
-                                   f"{SPLITS['train']}/{first})") from None
+                                   f"{SPLITS[first_split]}/{first})") from None
             raise
-        layout = used   # the train split decides for "auto"; the others must follow it
+        layout = used   # the first split read decides for "auto"; the others must follow it
+        first_split = first_split or name
         splits[name] = records
 
     for name in ("train", "query"):

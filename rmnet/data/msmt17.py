@@ -28,6 +28,9 @@ Protocol, as published (and as torchreid and fast-reid read it):
 - every listed image must exist; a line that does not parse, a camera outside 1..15, a path
   listed twice in one list or a missing file is an error naming the list file and line.
 - order: as listed (the lists are sorted), so labels and features line up run to run.
+- ``list_train.txt``, ``list_val.txt`` and the train image folder are optional: a root with the
+  query and gallery lists and the test folder only is an evaluation set (``Dataset.train``
+  empty).
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ from rmnet.data.market import Dataset, DatasetError, Record
 
 LISTS = {"train": "list_train.txt", "val": "list_val.txt", "query": "list_query.txt",
          "gallery": "list_gallery.txt"}
+# the lists every root needs (list_train.txt and list_val.txt are optional: an evaluation set)
+TEST_LISTS = ("query", "gallery")
 # version -> (train image folder, test image folder)
 IMAGE_DIRS = {"msmt17_v1": ("train", "test"), "msmt17_v2": ("mask_train_v2", "mask_test_v2")}
 NUM_CAMERAS = 15
@@ -45,19 +50,26 @@ EXAMPLE_LINE = "0000/0000_000_01_0303morning_0015_0.jpg 0"
 
 
 def expected_msmt17(root: str | os.PathLike) -> str:
-    lists = ", ".join(LISTS.values())
+    lists = ", ".join(LISTS[s] for s in TEST_LISTS)
     dirs = " or ".join(f"{a}/ and {b}/" for a, b in IMAGE_DIRS.values())
-    return (f"an MSMT17 root {Path(root)} holds {lists} (lines like '{EXAMPLE_LINE}') "
-            f"and the image folders {dirs}")
+    return (f"an MSMT17 root {Path(root)} holds {lists} (and {LISTS['train']}, {LISTS['val']} "
+            f"to train on; lines like '{EXAMPLE_LINE}') and the image folders {dirs}")
+
+
+def has_train_lists(root: Path) -> bool:
+    """Whether ``root`` has a training split (list_train.txt; list_val.txt goes with it)."""
+    return (root / LISTS["train"]).is_file()
 
 
 def msmt17_version(root: str | os.PathLike) -> str | None:
-    """"msmt17_v1" or "msmt17_v2" if ``root`` has the lists and that version's image folders."""
+    """"msmt17_v1" or "msmt17_v2" if ``root`` has the lists and that version's image folders
+    (the test lists and folder only, for a root without a training split)."""
     root = Path(root)
-    if not all((root / f).is_file() for f in LISTS.values()):
+    train = has_train_lists(root)
+    if not all((root / LISTS[s]).is_file() for s in TEST_LISTS):
         return None
     for version, dirs in IMAGE_DIRS.items():
-        if all((root / d).is_dir() for d in dirs):
+        if all((root / d).is_dir() for d in (dirs if train else dirs[1:])):
             return version
     return None
 
@@ -116,7 +128,11 @@ def load_msmt17(root: str | os.PathLike, trainval: bool = False) -> Dataset:
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} does not exist or is not a folder; "
                            f"{expected_msmt17(root)}")
-    missing = [f for f in LISTS.values() if not (root / f).is_file()]
+    train_lists = has_train_lists(root)
+    needed = LISTS if train_lists else {s: LISTS[s] for s in TEST_LISTS}
+    missing = [f for f in needed.values() if not (root / f).is_file()]
+    if not train_lists and (root / LISTS["val"]).is_file():
+        missing.insert(0, LISTS["train"])   # a validation split of no training split
     if missing:
         hint = ""
         subs = [d for d in sorted(root.iterdir()) if d.is_dir() and msmt17_version(d)]
@@ -130,7 +146,9 @@ def load_msmt17(root: str | os.PathLike, trainval: bool = False) -> Dataset:
                            f"{expected_msmt17(root)}")
     train_dir, test_dir = (root / d for d in IMAGE_DIRS[version])
     splits = {name: read_list(root / f, train_dir if name in ("train", "val") else test_dir)
-              for name, f in LISTS.items()}
+              for name, f in needed.items()}
+    for name in ("train", "val"):
+        splits.setdefault(name, [])          # an evaluation set: no training split
     train_pids = {r.pid for r in splits["train"]}
     for r in splits["val"]:
         if r.pid not in train_pids:

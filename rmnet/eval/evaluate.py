@@ -5,13 +5,20 @@
 k-reciprocal re-ranking, then ``rmnet.eval.metrics.evaluate_rank`` under the Market-1501
 protocol). ``tools/eval_market.py``, the demo and the INT8 tool all go through here, so a number
 printed by one is computed exactly as by the others.
+
+``evaluate_data(backend, root_or_dataset, format=None)`` is the one call for "score this model on
+that dataset's test split": it reads the root in any format of ``rmnet.data.datasets`` and needs
+only its query and gallery (a root without a training split, an evaluation set, is scored as it
+is; training images, where there are any, are not used).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from rmnet.data.market import Dataset
 from rmnet.eval.descriptors import describe
 from rmnet.eval.features import FeatureSet
 from rmnet.eval.metrics import RankResult, compute_distance, evaluate_rank
@@ -61,3 +68,19 @@ def evaluate(backend, dataset, *, flip: bool = False, rerank: Rerank | None = No
                     max_aspect_change=max_aspect_change, progress=progress, desc=desc)
     dist, result = score(q, g, distance, rerank, max_rank)
     return Evaluation(q, g, dist, result)
+
+
+def evaluate_data(backend, data: str | os.PathLike | Dataset, format: str | None = None,
+                  **kwargs) -> Evaluation:
+    """``evaluate`` on the test split (query and gallery) of ``data``: a dataset root in
+    ``format`` (None: detected; rmnet.data.datasets), or an already parsed ``Dataset``. A root
+    without a training split is fine: only query and gallery are read. ``kwargs`` as
+    ``evaluate`` (flip, rerank, distance, batch, ...)."""
+    if isinstance(data, Dataset):
+        if format is not None:
+            raise ValueError("format applies to a dataset root, not to a parsed Dataset")
+        ds = data
+    else:
+        from rmnet.data.datasets import load_dataset
+        ds = load_dataset(data, format)
+    return evaluate(backend, ds, **kwargs)
