@@ -1,0 +1,442 @@
+"""Concurrent writers of one gallery, as real processes: nothing a writer reported as saved is
+lost, nothing a failed or killed writer began is half there, and readers keep answering.
+
+- The two-writer sequence: a gallery of 40 crops, two ``tools/gallery.py add`` processes (40 and
+  8 crops) that both load version 1 before either saves (a barrier in front of the save makes
+  the race certain); both land (88 entries), or with ``--attempts 1`` one says it did not land
+  (exit 75) and the other's entries are all there.
+- The soak test: writer processes adding (and now and then removing) batches of random
+  descriptors through ``rmnet.gallery.update``, two reader processes loading and searching
+  throughout, writers killed with SIGKILL at seeded random moments (and, seeded, inside their
+  own saves) and restarted. At the end every batch whose writer reported success is there
+  exactly once, every other batch is there whole or not at all, every version a reader loaded
+  held whole batches only, and the gallery loads and finds its entries. The counts are printed.
+  A fast run is part of the suite; ``RMNET_SOAK_LONG=1`` runs a longer one.
+
+The workers are this module run as a script (``python -m tests.test_gallery_concurrency``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+MODEL = "c" * 64          # the model hash of the soak test's (random) descriptors
+DIM = 16
+
+
+# --- the workers (run as processes) -------------------------------------------------------
+
+def batch(proc: int, rnd: int, size: int, seed: int):
+    """Batch ``rnd`` of writer process ``proc``: its tag, unit descriptors and entries."""
+    from rmnet.gallery import Entry
+
+    tag = f"p{proc:03d}r{rnd:03d}"
+    x = np.random.default_rng([seed, proc, rnd]).standard_normal((size, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return tag, x, [Entry(path=f"{tag}/e{i}", camera=rnd, pid=proc) for i in range(size)]
+
+
+def tag_of(path: str) -> str:
+    return path.split("/", 1)[0]
+
+
+def writer_main(folder: str, report: str, proc: int, rounds: int, size: int, seed: int,
+                attempts: int, self_kill: float) -> None:
+    """Add ``rounds`` batches (one ``update`` each), removing an earlier batch of its own now
+    and then; every step is appended to ``report`` before (``start``, ``removing``) and after
+    (``ok``, ``fail``, ``removed``) it. ``self_kill``: the chance, seeded, that the process
+    SIGKILLs itself inside a save (after the new version's files, or before the manifest)."""
+    from rmnet.gallery import gallery as gmod
+
+    rng = np.random.default_rng([seed, proc, 7])
+    fd = os.open(report, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def note(line: str) -> None:
+        os.write(fd, f"{line}\n".encode())     # unbuffered: a SIGKILL loses nothing written
+
+    def maybe_die(real):
+        def hook(obj, path):
+            if rng.random() < self_kill:
+                note(f"selfkill {real.__name__}")
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(obj, path)
+        return hook
+
+    gmod.write_meta_file = maybe_die(gmod.write_meta_file)
+    gmod.write_manifest = maybe_die(gmod.write_manifest)
+    landed: list[str] = []
+    for rnd in range(rounds):
+        tag, x, entries = batch(proc, rnd, size, seed)
+        op, what = "add", tag
+        if landed and rng.random() < 0.2:
+            op, what = "remove", landed.pop(int(rng.integers(len(landed))))
+        note(f"{'start' if op == 'add' else 'removing'} {what}")
+
+        def change(g, op=op, what=what, x=x, entries=entries):
+            if op == "add":
+                return g.add(x, entries, model_sha256=MODEL)
+            paths = [f"{what}/e{i}" for i in range(size)]
+            return g.remove(g.store.ids_for_paths(paths))
+
+        def retrying(conflict, attempt, what=what):
+            note(f"retry {what}")
+
+        try:
+            gmod.update(folder, change, attempts=attempts, on_retry=retrying)
+        except gmod.GalleryConflict:
+            note(f"fail {what}")
+            continue
+        note(f"{'ok' if op == 'add' else 'removed'} {what}")
+        if op == "add":
+            landed.append(tag)
+    os.close(fd)
+
+
+def reader_main(folder: str, report: str, stop: str, size: int, seed: int) -> None:
+    """Load and search until the file ``stop`` exists; count the loads, searches and versions
+    seen, and every problem: a load that fails, a version holding part of a batch, a search
+    that does not find an entry's own descriptor first."""
+    from rmnet.gallery import Gallery
+
+    rng = np.random.default_rng([seed, 99, os.getpid()])
+    counts = Counter()
+    problems: list[str] = []
+    versions = set()
+    while not os.path.exists(stop):
+        try:
+            g = Gallery.load(folder)
+        except Exception as e:             # noqa: BLE001 - every failure is a finding here
+            problems.append(f"load: {type(e).__name__}: {e}")
+            counts["load_errors"] += 1
+            continue
+        counts["loads"] += 1
+        versions.add(g.version)
+        records = g.store.get(g.store.all_ids())
+        per_tag = Counter(tag_of(r.path) for r in records.values())
+        partial = {t: n for t, n in per_tag.items() if n != size}
+        if partial:
+            problems.append(f"v{g.version:06d}: partial batches {partial}")
+        if records:
+            r = list(records.values())[int(rng.integers(len(records)))]
+            proc, rnd = int(r.path[1:4]), int(r.path[5:8])
+            _, x, _ = batch(proc, rnd, size, seed)
+            hit = g.search(x[int(r.path.rsplit("e", 1)[1])], k=3, model_sha256=MODEL)[0][0]
+            counts["searches"] += 1
+            if hit.path != r.path:
+                problems.append(f"v{g.version:06d}: search for {r.path} found {hit.path}")
+        time.sleep(0.01)
+    counts["versions_seen"] = len(versions)
+    Path(report).write_text(json.dumps({"counts": counts, "problems": problems[:20]}))
+
+
+# --- the soak test --------------------------------------------------------------------------
+
+@dataclass
+class Soak:
+    writers: int = 4
+    readers: int = 2
+    rounds: int = 25            # batches (adds or removes) each writer slot runs
+    size: int = 5               # entries a batch
+    kills: int = 5              # SIGKILLs sent by the supervisor, at least
+    self_kill: float = 0.04     # chance a save kills its own process midway
+    attempts: int = 10
+    seed: int = 0
+    time_limit: float = 240.0   # seconds; the run is stopped (and fails) past it
+
+
+def worker(err: Path, *args) -> subprocess.Popen:
+    """A worker process (``writer`` or ``reader`` and its arguments), stderr into ``err``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    with open(err, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "tests.test_gallery_concurrency",
+                                 *map(str, args)], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=f)
+
+
+def run_soak(tmp: Path, cfg: Soak, check: bool = True) -> dict:
+    """Run the soak (module doc) in ``tmp``; return its counts (and assert, unless not
+    ``check``, that nothing was lost or half-written)."""
+    from rmnet.gallery import Gallery
+    from rmnet.gallery import gallery as gmod
+
+    folder = tmp / "gallery"
+    g = Gallery.create(folder, DIM, MODEL)
+    _, x0, e0 = batch(999, 0, cfg.size, cfg.seed)
+    g.add(x0, e0, model_sha256=MODEL)
+    g.save()
+    rng = np.random.default_rng(cfg.seed)
+    stop = tmp / "stop"
+    readers = [worker(tmp / f"reader{i}.err", "reader", folder, tmp / f"reader{i}.json", stop,
+                      cfg.size, cfg.seed) for i in range(cfg.readers)]
+    left = [cfg.rounds] * cfg.writers            # rounds each writer slot still has to run
+    procs: dict[int, tuple[subprocess.Popen, int, Path]] = {}
+    next_proc = 0
+    sent: set[int] = set()          # writer processes the supervisor sent a SIGKILL
+    kills = selfkills = restarts = 0    # writers that died of it; that killed themselves
+    next_kill = time.monotonic() + rng.uniform(0.5, 1.5)
+    start = time.monotonic()
+
+    def launch(slot: int) -> None:
+        nonlocal next_proc
+        report = tmp / f"writer{next_proc:03d}.log"
+        report.touch()
+        procs[slot] = (worker(tmp / f"writer{next_proc:03d}.err", "writer", folder, report,
+                              next_proc, left[slot], cfg.size, cfg.seed, cfg.attempts,
+                              cfg.self_kill), next_proc, report)
+        next_proc += 1
+
+    def started(report: Path) -> int:
+        text = report.read_text() if report.exists() else ""
+        return sum(line.split()[0] in ("start", "removing") for line in text.splitlines())
+
+    for slot in range(cfg.writers):
+        launch(slot)
+    try:
+        while procs:
+            if time.monotonic() - start > cfg.time_limit:
+                raise AssertionError(f"soak test still running after {cfg.time_limit:g} s")
+            now = time.monotonic()
+            pending = sum(proc in sent for _, proc, _ in procs.values())
+            if kills + pending < cfg.kills and now >= next_kill:
+                slot = int(rng.choice(sorted(procs)))
+                p, proc, _ = procs[slot]
+                if p.poll() is None and proc not in sent:
+                    p.send_signal(signal.SIGKILL)
+                    sent.add(proc)
+                next_kill = now + rng.uniform(0.2, 1.0)
+            for slot, (p, proc, report) in list(procs.items()):
+                code = p.poll()
+                if code is None:
+                    continue
+                del procs[slot]
+                left[slot] -= started(report)
+                if code == -signal.SIGKILL:
+                    if "selfkill" in report.read_text():
+                        selfkills += 1
+                    else:
+                        kills += proc in sent
+                elif code != 0:
+                    err = (tmp / f"writer{proc:03d}.err").read_text()
+                    raise AssertionError(f"writer {proc} exited with {code}:\n{err}")
+                if left[slot] > 0:                 # killed midway: the rest in a new process
+                    restarts += 1
+                    launch(slot)
+                elif kills < cfg.kills and not procs:
+                    raise AssertionError(f"the writers finished after {kills} of {cfg.kills} "
+                                         f"kills: give them more rounds")
+            time.sleep(0.02)
+    finally:
+        stop.touch()
+        for p, _, _ in procs.values():
+            p.kill()
+        for p in readers:
+            p.wait(timeout=60)
+
+    # what the writers reported, batch by batch
+    outcome: dict[str, str] = {tag_of(e0[0].path): "ok"}
+    retries = 0
+    for report in sorted(tmp.glob("writer*.log")):
+        for line in report.read_text().splitlines():
+            word, _, what = line.partition(" ")
+            if word in ("start", "ok", "fail", "removing", "removed"):
+                outcome[what] = word
+            retries += word == "retry"
+    before = Gallery.load(folder).version
+    # one more save: it removes what the killed saves left behind
+    gmod.update(folder, lambda g: None)
+    final = Gallery.load(folder)
+    records = final.store.get(final.store.all_ids())
+    present = Counter(tag_of(r.path) for r in records.values())
+    paths = Counter(r.path for r in records.values())
+    state = Counter(outcome.values())
+    counts = {
+        "writers": cfg.writers, "readers": cfg.readers, "rounds": cfg.rounds,
+        "batch": cfg.size, "seconds": round(time.monotonic() - start, 1),
+        "writer_processes": next_proc, "sigkilled": kills, "sigkilled_itself_in_save": selfkills,
+        "restarts": restarts, "conflicts_retried": retries,
+        "batches_ok": state["ok"], "batches_failed": state["fail"],
+        "batches_killed_in_flight": state["start"], "batches_removed": state["removed"],
+        "removals_killed_in_flight": state["removing"],
+        "in_flight_landed": sum(present[t] > 0 for t, s in outcome.items()
+                                if s in ("start", "removing")),
+        "batches_lost": sum(s == "ok" and present[t] != cfg.size for t, s in outcome.items()),
+        "entries": len(final), "version": final.version,
+    }
+    problems: list[str] = []
+    for t, n in present.items():
+        if n != cfg.size:
+            problems.append(f"batch {t}: {n} of {cfg.size} entries (half present)")
+        if t not in outcome:
+            problems.append(f"batch {t}: present, but no writer began it")
+    for t, s in outcome.items():
+        if s == "ok" and present[t] != cfg.size:
+            problems.append(f"batch {t}: reported saved, {present[t]} of {cfg.size} present")
+        if s in ("fail", "removed") and present[t]:
+            problems.append(f"batch {t}: reported {s}, {present[t]} entries present")
+    problems += [f"entry {p} stored {n} times" for p, n in paths.items() if n > 1]
+    for i in range(cfg.readers):
+        r = json.loads((tmp / f"reader{i}.json").read_text())
+        for k, v in r["counts"].items():
+            counts[f"reader{i}_{k}"] = v
+        problems += [f"reader {i}: {p}" for p in r["problems"]]
+    # the gallery answers: a landed entry's own descriptor finds it first
+    for t in [t for t, s in outcome.items() if s == "ok"][:20]:
+        proc, rnd = int(t[1:4]), int(t[5:8])
+        _, x, e = batch(proc, rnd, cfg.size, cfg.seed)
+        hits = final.search(x, k=1, model_sha256=MODEL)
+        problems += [f"search for {ei.path} found {h[0].path if h else None}"
+                     for ei, h in zip(e, hits) if not h or h[0].path != ei.path]
+    leftovers = sorted(p.name for p in folder.iterdir()
+                       if p.name not in (".lock", "MANIFEST.json", f"v{final.version:06d}",
+                                         f"v{before:06d}"))
+    problems += [f"{folder}: leftover {n}" for n in leftovers]
+    counts["problems"] = len(problems)
+    print("gallery soak:", json.dumps(counts))
+    for p in problems[:20]:
+        print("  problem:", p)
+    if check:
+        assert not problems, "\n".join(problems[:20])
+        assert kills >= cfg.kills and counts["batches_ok"] > 0
+        for i in range(cfg.readers):
+            assert counts[f"reader{i}_loads"] > 0 and counts[f"reader{i}_searches"] > 0
+    return counts
+
+
+def test_soak_writers_readers_and_kills(tmp_path):
+    run_soak(tmp_path, Soak())
+
+
+@pytest.mark.skipif(os.environ.get("RMNET_SOAK_LONG") != "1",
+                    reason="the long soak run: RMNET_SOAK_LONG=1")
+def test_soak_long(tmp_path):
+    run_soak(tmp_path, Soak(writers=6, rounds=40, kills=25, time_limit=1200.0,
+                            seed=int(os.environ.get("RMNET_SOAK_SEED", "1"))))
+
+
+# --- two `tools/gallery.py add` at once -----------------------------------------------------
+
+PROTOTXT = REPO / "prototxt" / "light" / "deploy.prototxt"
+
+# A real `tools/gallery.py` process whose first save waits until every process named in the
+# barrier folder has reached its own: both adds have loaded version 1 before either saves.
+BARRIER = """
+import os, sys, time
+from pathlib import Path
+from rmnet.gallery import gallery as gmod
+barrier, parties = Path(sys.argv[1]), int(sys.argv[2])
+real, waited = gmod.Gallery.save, []
+def save(self, *a, **k):
+    if not waited:
+        waited.append(1)
+        (barrier / str(os.getpid())).touch()
+        deadline = time.monotonic() + 120
+        while len(list(barrier.iterdir())) < parties and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return real(self, *a, **k)
+gmod.Gallery.save = save
+from commands.gallery import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory, caffe) -> dict:
+    """Folders of 40, 40 and 8 synthetic crops (Market-1501 names) and a random light model."""
+    import cv2
+
+    from rmnet.deploy.export import random_caffemodel, synthetic_crops
+
+    root = tmp_path_factory.mktemp("two_writers")
+    images = synthetic_crops(88, seed=5)
+    out = {"weights": random_caffemodel(PROTOTXT, root / "m.caffemodel", seed=3)}
+    start = 0
+    for name, n in (("q1", 40), ("q2", 40), ("q3", 8)):
+        folder = root / name
+        folder.mkdir()
+        for i in range(start, start + n):
+            cv2.imwrite(str(folder / f"{i + 1:04d}_c{i % 6 + 1}s1_{i:06d}_00.jpg"), images[i])
+        out[name] = folder
+        start += n
+    out["root"] = root
+    return out
+
+
+def two_writers(crops: dict, name: str, *extra: str) -> tuple[Path, list, int]:
+    """Build a gallery of q1, then add q2 and q3 from two processes at once (barrier); returns
+    the gallery, the two (exit status, stderr) and the entries in the end."""
+    from rmnet.gallery import Gallery
+
+    root, g = crops["root"], crops["root"] / name
+    tool = [sys.executable, str(REPO / "tools" / "gallery.py")]
+    build = subprocess.run([*tool, "build", "--prototxt", PROTOTXT, "--weights", crops["weights"],
+                            "--images", crops["q1"], "--out", g, "--runtime", "pycaffe",
+                            "--no-progress"], cwd=REPO, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    barrier = root / f"{name}.barrier"
+    barrier.mkdir()
+    adds = [subprocess.Popen([sys.executable, "-c", BARRIER, barrier, "2", "add", g,
+                              "--images", crops[q], "--runtime", "pycaffe", "--no-progress",
+                              *extra], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for q in ("q2", "q3")]
+    results = []
+    for p in adds:
+        _, err = p.communicate(timeout=300)
+        results.append((p.returncode, err))
+        print(f"$ gallery.py add {g.name} --images {'q2' if p is adds[0] else 'q3'} "
+              f"{' '.join(extra)} -> exit {p.returncode}\n{err}")
+    n = len(Gallery.load(g))
+    print(f"gallery.py info {g.name}: {n} entries")
+    return g, results, n
+
+
+def test_two_concurrent_adds_both_land(crops):
+    g, results, n = two_writers(crops, "both")
+    assert [code for code, _ in results] == [0, 0], results
+    assert n == 88
+    assert sum("changed since it was loaded" in err and "adding again on top of it" in err
+               for _, err in results) == 1, results
+    assert "added 40 entries" in results[0][1] and "added 8 entries" in results[1][1]
+    paths = [Path(r.path).name for r in _records(g)]
+    assert len(paths) == len(set(paths)) == 88
+
+
+def test_two_concurrent_adds_one_attempt_refuses_cleanly(crops):
+    g, results, n = two_writers(crops, "once", "--attempts", "1")
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 75], results
+    lost = next(err for code, err in results if code == 75)
+    assert "nothing of this change was saved: run it again" in lost
+    landed = 40 if results[0][0] == 0 else 8
+    assert n == 40 + landed
+
+
+def _records(folder: Path):
+    from rmnet.gallery import Gallery
+
+    g = Gallery.load(folder)
+    return g.store.get(g.store.all_ids()).values()
+
+
+if __name__ == "__main__":
+    role, *argv = sys.argv[1:]
+    if role == "writer":
+        folder, report, proc, rounds, size, seed, attempts, self_kill = argv
+        writer_main(folder, report, int(proc), int(rounds), int(size), int(seed), int(attempts),
+                    float(self_kill))
+    elif role == "reader":
+        folder, report, stop, size, seed = argv
+        reader_main(folder, report, stop, int(size), int(seed))
+    else:
+        sys.exit(f"unknown role {role!r}")
