@@ -21,6 +21,8 @@ Steps, each printed as it runs:
 5. the trained network scored the same way; a table of rank-1/5/10 and both mAPs, untrained vs
    trained, the training curves as a PNG, and everything in ``<out>/results.json``.
 
+A second demo (or ``tools/train.py``) with the same ``<out>/run`` is refused while one runs.
+
 The demo passes when the trained mAP is at least twice the untrained one (exit code 0; 1 if not).
 """
 from __future__ import annotations
@@ -93,6 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.min_ratio < 0:
         ap.error("--min-ratio must be >= 0")
 
+    from training.run import RunLock, TrainingError
+    try:   # one demo (or `tools/train.py --run-dir <out>/run`) at a time in an --out folder
+        with RunLock(args.out.resolve() / "run" / ".train.lock"):
+            return run(args)
+    except TrainingError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """The demo's five steps (module doc) for the parsed command line, under the run's lock."""
     from generator import ConfigError
     from rmnet.atomic import atomic_write_text
     from rmnet.data.datasets import load_dataset

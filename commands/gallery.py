@@ -33,6 +33,7 @@ versions and are never blocked (docs/concurrency.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -119,7 +120,8 @@ def cmd_build(args) -> int:
         where = g.save()
     except BaseException:
         if created:       # a failed build leaves no folder it made behind (another's is kept)
-            discard_unsaved(args.out)
+            with contextlib.suppress(OSError, GalleryError):   # (the first error is the news)
+                discard_unsaved(args.out)
         raise
     log(f"wrote {len(g)} entries to {args.out} ({where.name}, index {g.spec})")
     return 0
@@ -132,7 +134,9 @@ def cmd_add(args) -> int:
     entries = [entry_from_path(p) for p in paths]
 
     def retrying(conflict: GalleryConflict, attempt: int) -> None:
-        log(f"{conflict}; adding again on top of it (attempt {attempt} of {args.attempts})")
+        log(f"{args.gallery}: another process saved v{conflict.found:06d} after this add "
+            f"loaded v{conflict.loaded:06d}; adding again on top of it (attempt {attempt} of "
+            f"{args.attempts})")
 
     g, ids = update(args.gallery, lambda g: g.add_chunked(feats, entries, emb.model_sha256),
                     attempts=args.attempts, on_retry=retrying)

@@ -19,8 +19,9 @@ atomic) and the result appears under its real name only once it is complete and 
   a temporary name next to ``path`` and renamed into place; a non-empty existing ``path`` is
   refused unless ``overwrite``.
 - ``exclusive_lock(path, timeout)``: an exclusive lock between processes (the kernel's ``flock``
-  on the file ``path``, released when its holder exits, even by SIGKILL), for writers that must
-  not interleave (a gallery's saves, an export folder's files); waits up to ``timeout`` seconds.
+  on the file ``path``, or on the folder ``path`` itself, which leaves no lock file behind;
+  released when its holder exits, even by SIGKILL), for writers that must not interleave (a
+  gallery's saves, an export folder's files); waits up to ``timeout`` seconds.
 
 New files get the usual permissions (0666 minus the umask), an overwritten file keeps its mode.
 """
@@ -177,8 +178,9 @@ class LockBusy(TimeoutError):
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike, timeout: float = 0.0,
                    poll: float = 0.02) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the file ``path`` (created, with its folder, if missing)
-    for the body; wait up to ``timeout`` seconds for another holder, then ``LockBusy``.
+    """Hold an exclusive ``flock`` on the file ``path`` (created, with its folder, if missing),
+    or on ``path`` itself when it is a folder, for the body; wait up to ``timeout`` seconds for
+    another holder, then ``LockBusy``.
 
     The holder may delete the lock file (a failed command removing the folder it created): a
     waiter that then gets the lock of the deleted file notices that ``path`` is no longer the
@@ -189,8 +191,11 @@ def exclusive_lock(path: str | os.PathLike, timeout: float = 0.0,
     path = Path(path)
     deadline = time.monotonic() + max(0.0, timeout)
     while True:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if path.is_dir():
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             while True:
                 try:

@@ -36,6 +36,158 @@ MODEL = "c" * 64          # the model hash of the soak test's (random) descripto
 DIM = 16
 
 
+# --- one process, two gallery objects: the transaction itself ------------------------------
+
+def _saved(folder: Path, n: int, proc: int = 900):
+    from rmnet.gallery import Gallery
+
+    g = Gallery.create(folder, DIM, MODEL)
+    _, x, e = batch(proc, 0, n, 0)
+    g.add(x, e, model_sha256=MODEL)
+    g.save()
+    return Gallery.load(folder)
+
+
+def test_a_save_over_a_newer_version_is_a_conflict_and_writes_nothing(tmp_path):
+    from rmnet.gallery import Gallery
+    from rmnet.gallery.gallery import GalleryConflict
+
+    folder = tmp_path / "g"
+    a = _saved(folder, 5)
+    b = Gallery.load(folder)
+    _, x, e = batch(1, 0, 4, 0)
+    a.add(x, e, model_sha256=MODEL)
+    a.save()
+    _, x, e = batch(2, 0, 3, 0)
+    b.add(x, e, model_sha256=MODEL)
+    with pytest.raises(GalleryConflict, match=r"the gallery changed since it was loaded \(loaded "
+                                              r"v000001, another process saved v000002\); "
+                                              r"nothing was saved"):
+        b.save()
+    g = Gallery.load(folder)
+    assert (len(g), g.version) == (9, 2)
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "MANIFEST.json", "v000001",
+                                                         "v000002"]
+    # a second gallery created in the same folder meanwhile is a conflict too; overwrite is not
+    c = Gallery.create(tmp_path / "new", DIM, MODEL)
+    _saved(tmp_path / "new", 2)
+    with pytest.raises(GalleryConflict, match="another process created a gallery here meanwhile"):
+        c.save()
+    d = Gallery.create(tmp_path / "new", DIM, MODEL, overwrite=True)
+    d.save()
+    assert len(Gallery.load(tmp_path / "new")) == 0
+
+
+def test_update_applies_the_change_again_on_the_newer_version(tmp_path):
+    from rmnet.gallery.gallery import GalleryConflict, update
+
+    folder = tmp_path / "g"
+    _saved(folder, 5)
+    interfere = [3]                  # other "processes" save during the first attempts
+    retries = []
+
+    def change(g):
+        if interfere[0]:
+            interfere[0] -= 1
+            update(folder, lambda other: other.add(*batch(10 + interfere[0], 0, 2, 0)[1:],
+                                                   model_sha256=MODEL))
+        return g.add(*batch(3, 0, 4, 0)[1:], model_sha256=MODEL)
+
+    g, ids = update(folder, change, on_retry=lambda e, n: retries.append((str(e), n)))
+    assert [n for _, n in retries] == [2, 3, 4] and "changed since it was loaded" in retries[0][0]
+    assert len(g) == 5 + 3 * 2 + 4 and list(ids) == list(range(11, 15)) and g.version == 5
+    # every attempt meets another save: the last conflict says so, nothing of it is there
+    interfere[0] = 2
+    with pytest.raises(GalleryConflict, match="during each of the 2 attempts; nothing of "
+                                              "this change was saved: run it again"):
+        update(folder, change, attempts=2)
+    from rmnet.gallery import Gallery
+    g = Gallery.load(folder)
+    assert len(g) == 15 + 2 * 2
+    assert len(g.store.ids_for_paths([f"p003r000/e{i}" for i in range(4)])) == 4   # once
+
+
+def test_a_load_follows_a_save_that_pruned_its_version(tmp_path, monkeypatch):
+    """A reader read the manifest of v1; two saves switch to v3 and delete v1 before the reader
+    opens its files: it loads v3 instead of failing."""
+    from rmnet.gallery import Gallery
+    from rmnet.gallery import gallery as gmod
+    from rmnet.gallery.store import MetadataStore
+
+    folder = tmp_path / "g"
+    _saved(folder, 5)
+    real = MetadataStore.load_copy.__func__
+    calls = []
+
+    def load_copy(cls, path):
+        calls.append(Path(path).parent.name)
+        if len(calls) == 1:
+            for n in (1, 2):
+                gmod.update(folder, lambda g, n=n: g.add(*batch(20 + n, 0, 2, 0)[1:],
+                                                         model_sha256=MODEL))
+        return real(cls, path)
+
+    monkeypatch.setattr(MetadataStore, "load_copy", classmethod(load_copy))
+    g = Gallery.load(folder)
+    assert calls[0] == "v000001" and calls[-1] == "v000003" and not (folder / "v000001").exists()
+    assert (len(g), g.version) == (9, 3)
+
+
+def test_a_killed_saves_leftovers_go_with_the_next_save(tmp_path):
+    folder = tmp_path / "g"
+    g = _saved(folder, 3)
+    (folder / ".MANIFEST.tmp-abc123.json").write_text("{")     # what a kill mid-rename leaves
+    (folder / ".v000002.tmp-xyz").mkdir()
+    (folder / "v000002").mkdir()                               # complete, never switched to
+    g.save()
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "MANIFEST.json", "v000001",
+                                                         "v000003"]
+
+
+def test_exclusive_lock_waits_and_survives_its_file_being_deleted(tmp_path):
+    """A waiter that gets the lock of a deleted lock file locks the new one, so the lock is
+    never held twice; a folder is locked as it is, leaving no file in it."""
+    import threading
+
+    from rmnet.atomic import LockBusy, describe_os_error, exclusive_lock
+
+    path = tmp_path / "sub" / ".lock"
+    holding, release = threading.Event(), threading.Event()
+    got = []
+
+    def waiter():
+        holding.wait()
+        with exclusive_lock(path, timeout=10):
+            got.append(os.stat(path).st_ino)
+            release.wait(10)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    with exclusive_lock(path, timeout=0):
+        holding.set()
+        time.sleep(0.2)                   # the waiter is polling for the lock by now
+        assert not got
+        path.unlink()                     # the holder removes the file, then lets go
+    for _ in range(500):
+        if got:
+            break
+        time.sleep(0.01)
+    assert got and path.exists()
+    with pytest.raises(LockBusy) as busy:         # the waiter holds the new file's lock
+        with exclusive_lock(path, timeout=0.1):
+            pass
+    assert describe_os_error(busy.value) == f"{path}: locked by another process (waited 0.1 s)"
+    release.set()
+    t.join()
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with exclusive_lock(folder, timeout=0):
+        with pytest.raises(LockBusy, match=str(folder)):
+            with exclusive_lock(folder, timeout=0.05):
+                pass
+    assert list(folder.iterdir()) == []
+
+
 # --- the workers (run as processes) -------------------------------------------------------
 
 def batch(proc: int, rnd: int, size: int, seed: int):
@@ -405,8 +557,8 @@ def test_two_concurrent_adds_both_land(crops):
     g, results, n = two_writers(crops, "both")
     assert [code for code, _ in results] == [0, 0], results
     assert n == 88
-    assert sum("changed since it was loaded" in err and "adding again on top of it" in err
-               for _, err in results) == 1, results
+    assert sum("another process saved v000002 after this add loaded v000001; adding again on "
+               "top of it (attempt 2 of 10)" in err for _, err in results) == 1, results
     assert "added 40 entries" in results[0][1] and "added 8 entries" in results[1][1]
     paths = [Path(r.path).name for r in _records(g)]
     assert len(paths) == len(set(paths)) == 88
@@ -417,9 +569,95 @@ def test_two_concurrent_adds_one_attempt_refuses_cleanly(crops):
     codes = sorted(code for code, _ in results)
     assert codes == [0, 75], results
     lost = next(err for code, err in results if code == 75)
-    assert "nothing of this change was saved: run it again" in lost
+    assert "another process saved the gallery during the one attempt; nothing of this " \
+        "change was saved: run it again" in lost
     landed = 40 if results[0][0] == 0 else 8
     assert n == 40 + landed
+
+
+# --- the other writers: export folders, run folders ----------------------------------------
+
+# A real `tools/export.py` process whose moves into --out start when both exports are ready
+# (a barrier in front of the folder's lock) and are slowed down: export 0 waits 1.5 s between
+# its .bin and its .xml, export 1 starts 0.3 s later and moves quickly. Unlocked, the folder
+# would end with export 1's .bin next to export 0's .xml.
+EXPORT = """
+import sys, time
+from pathlib import Path
+from rmnet.deploy import export as ex
+barrier, me = Path(sys.argv[1]), int(sys.argv[2])
+real_lock, real_move = ex.exclusive_lock, ex._move_in
+def lock(*a, **k):
+    (barrier / str(me)).touch()
+    deadline = time.monotonic() + 300
+    while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3 * me)
+    return real_lock(*a, **k)
+def move(src, dst):
+    real_move(src, dst)
+    time.sleep(1.5 if me == 0 and dst.suffix == ".bin" else 0.05)
+ex.exclusive_lock, ex._move_in = lock, move
+from commands.export import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_two_exports_into_one_folder_leave_one_complete_model(tmp_path, caffe):
+    """Two exports named alike (the light net, and the light net with ReLU: same weights
+    layout, other graph) into one folder at once: its .onnx, .xml and .bin are one export's."""
+    import cv2
+
+    from rmnet.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend
+    from rmnet.deploy.export import caffe_forward, random_caffemodel, synthetic_crops
+
+    pytest.importorskip("openvino")
+    nets = [PROTOTXT, REPO / "prototxt" / "light_relu" / "deploy.prototxt"]
+    weights = [random_caffemodel(n, tmp_path / f"m{i}.caffemodel", seed=i)
+               for i, n in enumerate(nets)]
+    (tmp_path / "barrier").mkdir()
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-c", EXPORT, tmp_path / "barrier", str(i),
+                               "--prototxt", nets[i], "--weights", weights[i], "--out", out,
+                               "--name", "model", "--openvino"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    blob = np.stack([cv2.resize(c, (64, 160)) for c in synthetic_crops(4, seed=9)])
+    blob = blob.astype(np.float32).transpose(0, 3, 1, 2)
+    refs = [caffe_forward(n, w, blob) for n, w in zip(nets, weights)]
+    got = {"onnx": OnnxRuntimeBackend(out / "model.onnx").infer(blob),
+           "openvino": OpenVINOBackend(out / "model.xml").infer(blob)}
+    which = {k: [float(np.abs(v.reshape(len(blob), -1) - r).max()) for r in refs]
+             for k, v in got.items()}
+    print("max |diff| to export 0, export 1:", which)
+    scale = [max(1.0, float(np.abs(r).max())) for r in refs]
+    winners = {k: [i for i, d in enumerate(v) if d < 1e-3 * scale[i]] for k, v in which.items()}
+    assert len(winners["openvino"]) == 1, f"the IR is neither export's model: {which}"
+    assert winners["onnx"] == winners["openvino"], which
+    assert sorted(p.name for p in out.iterdir()) == ["model.bin", "model.onnx", "model.xml"]
+
+
+def test_a_pretraining_or_demo_on_a_locked_run_folder_is_refused(tmp_path):
+    """One trainer per run folder: `--pretrain` and the demo take the run's lock, as
+    `tools/train.py` does, before anything in the folder is written."""
+    from training.pretrain import run_pretrain
+    from training.run import RunLock, TrainingError
+
+    run = tmp_path / "pre"
+    with RunLock(run / ".train.lock"):
+        with pytest.raises(TrainingError, match=rf"another trainer \(pid {os.getpid()}\)"):
+            run_pretrain(tmp_path / "no_classes_needed", run)
+        assert sorted(p.name for p in run.iterdir()) == [".train.lock"]
+        demo = tmp_path / "demo"
+        with RunLock(demo / "run" / ".train.lock"):
+            r = subprocess.run([sys.executable, str(REPO / "tools" / "demo.py"), "--out",
+                                str(demo), "--iters", "3"], capture_output=True, text=True,
+                               timeout=120, cwd=REPO)
+    assert r.returncode == 2 and f"another trainer (pid {os.getpid()})" in r.stderr, r.stderr
+    assert "[1/5]" not in r.stdout and sorted(p.name for p in demo.iterdir()) == ["run"]
 
 
 def _records(folder: Path):

@@ -94,7 +94,12 @@ class GalleryError(ValueError):
 
 class GalleryConflict(GalleryError):
     """Another process saved the gallery after this one loaded it: nothing was saved (load the
-    newer version and apply the change again; ``update`` does)."""
+    newer version and apply the change again; ``update`` does). ``loaded``: the version this
+    one was loaded from (0: created new); ``found``: the version saved meanwhile (0: none)."""
+
+    def __init__(self, message: str, loaded: int = 0, found: int = 0):
+        super().__init__(message)
+        self.loaded, self.found = loaded, found
 
 
 @dataclass(frozen=True)
@@ -515,11 +520,17 @@ class Gallery:
         if self.expect is None or on_disk == self.expect:
             return
         if self.expect == 0:
-            raise GalleryConflict(f"{self.folder}: another process created a gallery here "
-                                  f"meanwhile (v{on_disk:06d}); nothing was saved")
-        raise GalleryConflict(f"{self.folder}: the gallery changed since it was loaded "
-                              f"(loaded v{self.expect:06d}, another process saved "
-                              f"v{on_disk:06d}); nothing was saved: load it again and retry")
+            message = (f"{self.folder}: another process created a gallery here meanwhile "
+                       f"(v{on_disk:06d}); nothing was saved")
+        elif on_disk == 0:
+            message = (f"{self.folder}: the gallery's {MANIFEST} is gone since "
+                       f"v{self.expect:06d} was loaded (removed by another process?); nothing "
+                       f"was saved")
+        else:
+            message = (f"{self.folder}: the gallery changed since it was loaded (loaded "
+                       f"v{self.expect:06d}, another process saved v{on_disk:06d}); nothing "
+                       f"was saved: load it again and retry")
+        raise GalleryConflict(message, self.expect, on_disk)
 
     def save(self, keep_previous: bool = True, lock_timeout: float = LOCK_TIMEOUT) -> Path:
         """Write the gallery as a new version and switch the manifest to it (module doc);
@@ -623,9 +634,11 @@ def update(folder: str | os.PathLike, change: Callable[[Gallery], object], *,
             return g, result
         except GalleryConflict as e:
             if attempt >= attempts:
-                raise GalleryConflict(f"{folder}: other processes saved the gallery during each "
-                                      f"of {attempts} attempts; nothing of this change was "
-                                      f"saved: run it again") from e
+                during = (f"each of the {attempts} attempts" if attempts > 1 else
+                          "the one attempt")
+                raise GalleryConflict(f"{folder}: another process saved the gallery during "
+                                      f"{during}; nothing of this change was saved: run it "
+                                      f"again", e.loaded, e.found) from e
             if on_retry is not None:
                 on_retry(e, attempt + 1)
             time.sleep(min(RETRY_WAIT * attempt, 1.0))
