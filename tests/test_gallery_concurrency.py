@@ -13,6 +13,9 @@ lost, nothing a failed or killed writer began is half there, and readers keep an
   held whole batches only, and the gallery loads and finds its entries. The counts are printed.
   A fast run is part of the suite; ``RMNET_SOAK_LONG=1`` runs a longer one.
 
+- The other writers: two exports of one name into one folder leave one export's complete set of
+  files; a pre-training or a demo on a run folder another trainer holds is refused.
+
 The workers are this module run as a script (``python -m tests.test_gallery_concurrency``).
 """
 from __future__ import annotations
@@ -142,6 +145,17 @@ def test_a_killed_saves_leftovers_go_with_the_next_save(tmp_path):
     g.save()
     assert sorted(p.name for p in folder.iterdir()) == [".lock", "MANIFEST.json", "v000001",
                                                          "v000003"]
+
+
+def test_a_failed_build_removes_its_folder_only_when_it_holds_no_gallery(tmp_path):
+    from rmnet.gallery.gallery import discard_unsaved
+
+    folder = tmp_path / "g"
+    _saved(folder, 3)
+    assert discard_unsaved(folder) is False and len(_records(folder)) == 3
+    (tmp_path / "h" / ".v000001.tmp-x").mkdir(parents=True)     # a build that died mid-save
+    assert discard_unsaved(tmp_path / "h") is True and not (tmp_path / "h").exists()
+    assert discard_unsaved(tmp_path / "nowhere") is False
 
 
 def test_exclusive_lock_waits_and_survives_its_file_being_deleted(tmp_path):
@@ -421,7 +435,7 @@ def run_soak(tmp: Path, cfg: Soak, check: bool = True) -> dict:
         "batches_ok": state["ok"], "batches_failed": state["fail"],
         "batches_killed_in_flight": state["start"], "batches_removed": state["removed"],
         "removals_killed_in_flight": state["removing"],
-        "in_flight_landed": sum(present[t] > 0 for t, s in outcome.items()
+        "in_flight_present": sum(present[t] > 0 for t, s in outcome.items()
                                 if s in ("start", "removing")),
         "batches_lost": sum(s == "ok" and present[t] != cfg.size for t, s in outcome.items()),
         "entries": len(final), "version": final.version,
@@ -473,7 +487,7 @@ def test_soak_writers_readers_and_kills(tmp_path):
 @pytest.mark.skipif(os.environ.get("RMNET_SOAK_LONG") != "1",
                     reason="the long soak run: RMNET_SOAK_LONG=1")
 def test_soak_long(tmp_path):
-    run_soak(tmp_path, Soak(writers=6, rounds=40, kills=25, time_limit=1200.0,
+    run_soak(tmp_path, Soak(writers=6, rounds=150, size=10, kills=40, time_limit=1200.0,
                             seed=int(os.environ.get("RMNET_SOAK_SEED", "1"))))
 
 
