@@ -351,7 +351,12 @@ def run_soak(tmp: Path, cfg: Soak, check: bool = True) -> dict:
     next_proc = 0
     sent: set[int] = set()          # writer processes the supervisor sent a SIGKILL
     kills = selfkills = restarts = 0    # writers that died of it; that killed themselves
-    next_kill = time.monotonic() + rng.uniform(0.5, 1.5)
+    # The kills come when the writers together have begun these many rounds, each after a
+    # further delay of up to 50 ms (seeded): spread over the run whatever the machine's speed.
+    total = cfg.writers * cfg.rounds
+    marks = sorted(int(m) for m in rng.choice(np.arange(cfg.writers, int(0.8 * total)),
+                                              cfg.kills, replace=False))
+    kill_at: float | None = None
     start = time.monotonic()
 
     def launch(slot: int) -> None:
@@ -375,13 +380,18 @@ def run_soak(tmp: Path, cfg: Soak, check: bool = True) -> dict:
                 raise AssertionError(f"soak test still running after {cfg.time_limit:g} s")
             now = time.monotonic()
             pending = sum(proc in sent for _, proc, _ in procs.values())
-            if kills + pending < cfg.kills and now >= next_kill:
+            begun = total - sum(left) + sum(started(r) for _, _, r in procs.values())
+            if kills + pending < cfg.kills and kill_at is None and (not marks
+                                                                    or begun >= marks[0]):
+                marks = marks[1:]        # (no marks left: a kill that missed is made up for)
+                kill_at = now + rng.uniform(0.0, 0.05)
+            if kill_at is not None and now >= kill_at:
                 slot = int(rng.choice(sorted(procs)))
                 p, proc, _ = procs[slot]
                 if p.poll() is None and proc not in sent:
                     p.send_signal(signal.SIGKILL)
                     sent.add(proc)
-                next_kill = now + rng.uniform(0.2, 1.0)
+                kill_at = None
             for slot, (p, proc, report) in list(procs.items()):
                 code = p.poll()
                 if code is None:
