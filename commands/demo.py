@@ -24,6 +24,7 @@ Steps, each printed as it runs:
 
 A ``--data`` without a training split (only query/ and a gallery: an evaluation set) stops at
 step 1 with a message naming it (exit status 2): the demo trains; give it as ``--test-data``.
+A second demo (or ``tools/train.py``) with the same ``<out>/run`` is refused while one runs.
 
 The demo passes when the trained mAP is at least twice the untrained one (exit code 0; 1 if not).
 """
@@ -102,6 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.test_format and args.test_data is None:
         ap.error("--test-format applies only with --test-data")
 
+    from training.run import RunLock, TrainingError
+    try:   # one demo (or `tools/train.py --run-dir <out>/run`) at a time in an --out folder
+        with RunLock(args.out.resolve() / "run" / ".train.lock"):
+            return run(args)
+    except TrainingError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """The demo's five steps (module doc) for the parsed command line, under the run's lock."""
     from generator import ConfigError
     from rmnet.atomic import atomic_write_text
     from rmnet.data.datasets import load_dataset, no_train_error

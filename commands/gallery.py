@@ -22,13 +22,20 @@ codes above), ``flat``, ``ivf-flat``, ``ivf-sq8``, ``ivf-pq``, ``hnsw``, with pa
 
 Bad input (a missing folder or model file, no images, a corrupt manifest, another model's
 descriptors) ends with a one-line message naming the file and exit status 2.
+
+Several processes may add to one gallery at once (two cameras' workers): each ``add`` embeds its
+crops, then loads the newest version, adds and saves as one transaction; when another process
+saved in between, it says so on stderr and adds again on top of the newer version, up to
+``--attempts`` times (default 10). If every attempt meets another save it ends with exit status
+75 (EX_TEMPFAIL) and a message saying nothing was added: run it again. Searches read complete
+versions and are never blocked (docs/concurrency.md).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -38,10 +45,12 @@ from rmnet.atomic import atomic_write_text, check_output  # noqa: E402
 from commands.errors import command  # noqa: E402
 from rmnet.data.images import ImageError  # noqa: E402
 from rmnet.data.market import DatasetError, list_images  # noqa: E402
-from rmnet.gallery.gallery import Gallery, GalleryError  # noqa: E402
+from rmnet.gallery.gallery import (ATTEMPTS, Gallery, GalleryConflict, GalleryError,  # noqa: E402
+                                   discard_unsaved, embed_images, entry_from_path, update)
 from rmnet.gallery.index import IndexSpecError  # noqa: E402
 
 PROG = "gallery"
+EXIT_CONFLICT = 75       # sysexits' EX_TEMPFAIL: other writers kept saving; nothing added, retry
 
 
 class UsageError(ValueError):
@@ -110,8 +119,9 @@ def cmd_build(args) -> int:
         g.add_images(emb, [str(p) for p in paths], progress=not args.no_progress)
         where = g.save()
     except BaseException:
-        if created:                      # a failed build leaves no folder it made behind
-            shutil.rmtree(args.out, ignore_errors=True)
+        if created:       # a failed build leaves no folder it made behind (another's is kept)
+            with contextlib.suppress(OSError, GalleryError):   # (the first error is the news)
+                discard_unsaved(args.out)
         raise
     log(f"wrote {len(g)} entries to {args.out} ({where.name}, index {g.spec})")
     return 0
@@ -119,12 +129,18 @@ def cmd_build(args) -> int:
 
 def cmd_add(args) -> int:
     paths = images_in(args.images)
-    g = Gallery.load(args.gallery)
-    emb = load_embedder(args, g)
-    before = len(g)
-    g.add_images(emb, [str(p) for p in paths], progress=not args.no_progress)
-    where = g.save()
-    log(f"added {len(g) - before} entries to {args.gallery}: {len(g)} now ({where.name}, "
+    emb = load_embedder(args, Gallery.load(args.gallery))
+    feats = embed_images(emb, [str(p) for p in paths], progress=not args.no_progress)
+    entries = [entry_from_path(p) for p in paths]
+
+    def retrying(conflict: GalleryConflict, attempt: int) -> None:
+        log(f"{args.gallery}: another process saved v{conflict.found:06d} after this add "
+            f"loaded v{conflict.loaded:06d}; adding again on top of it (attempt {attempt} of "
+            f"{args.attempts})")
+
+    g, ids = update(args.gallery, lambda g: g.add_chunked(feats, entries, emb.model_sha256),
+                    attempts=args.attempts, on_retry=retrying)
+    log(f"added {len(ids)} entries to {args.gallery}: {len(g)} now (v{g.version:06d}, "
         f"index {g.spec})")
     return 0
 
@@ -188,6 +204,9 @@ def parse_args(argv: list[str] | None):
     a.add_argument("gallery", type=Path)
     model_opts(a)
     a.add_argument("--images", type=Path, required=True, help="folder of crops")
+    a.add_argument("--attempts", type=int, default=ATTEMPTS,
+                   help="tries when other processes save the gallery meanwhile "
+                        "(default %(default)s)")
     a.add_argument("--no-progress", action="store_true")
     a.set_defaults(fn=cmd_add)
 
@@ -205,8 +224,9 @@ def parse_args(argv: list[str] | None):
     i.add_argument("gallery", type=Path)
     i.set_defaults(fn=cmd_info)
     args = ap.parse_args(argv)
-    if getattr(args, "k", 1) < 1 or getattr(args, "batch", 1) < 1:
-        ap.error("--k and --batch must be >= 1")
+    if getattr(args, "k", 1) < 1 or getattr(args, "batch", 1) < 1 or \
+            getattr(args, "attempts", 1) < 1:
+        ap.error("--k, --batch and --attempts must be >= 1")
     for opt in ("nprobe", "ef_search"):
         if getattr(args, opt, None) is not None and getattr(args, opt) < 1:
             ap.error(f"--{opt.replace('_', '-')} must be >= 1")
@@ -221,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     check_output(getattr(args, "json", None), "--json")
     try:
         return args.fn(args)
+    except GalleryConflict as e:
+        log(str(e))
+        return EXIT_CONFLICT
     except (GalleryError, IndexSpecError, UsageError, DatasetError, ImageError,
             FileNotFoundError) as e:
         log(str(e))

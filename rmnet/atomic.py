@@ -18,6 +18,10 @@ atomic) and the result appears under its real name only once it is complete and 
 - ``atomic_dir(path, overwrite=False)``: a whole directory (e.g. a generated dataset) built under
   a temporary name next to ``path`` and renamed into place; a non-empty existing ``path`` is
   refused unless ``overwrite``.
+- ``exclusive_lock(path, timeout)``: an exclusive lock between processes (the kernel's ``flock``
+  on the file ``path``, or on the folder ``path`` itself, which leaves no lock file behind;
+  released when its holder exits, even by SIGKILL), for writers that must not interleave (a
+  gallery's saves, an export folder's files); waits up to ``timeout`` seconds.
 
 New files get the usual permissions (0666 minus the umask), an overwritten file keeps its mode.
 """
@@ -29,6 +33,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -162,6 +167,59 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# --- locks between processes ------------------------------------------------------------------
+
+class LockBusy(TimeoutError):
+    """Another process held the lock for longer than the caller would wait (names the file)."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, timeout: float = 0.0,
+                   poll: float = 0.02) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created, with its folder, if missing),
+    or on ``path`` itself when it is a folder, for the body; wait up to ``timeout`` seconds for
+    another holder, then ``LockBusy``.
+
+    The holder may delete the lock file (a failed command removing the folder it created): a
+    waiter that then gets the lock of the deleted file notices that ``path`` is no longer the
+    file it locked and locks the current one, so two processes never both believe they hold it.
+    """
+    import fcntl
+
+    path = Path(path)
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        if path.is_dir():
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockBusy(errno.EWOULDBLOCK, f"locked by another process (waited "
+                                       f"{timeout:g} s)", str(path)) from None
+                    time.sleep(poll)
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        os.close(fd)                  # the file was deleted or replaced meanwhile: again
+    try:
+        yield
+    finally:
+        os.close(fd)                  # closing releases the flock
 
 
 # --- output locations ---------------------------------------------------------------------------

@@ -374,8 +374,9 @@ def test_old_versions_pruned_and_lock(tmp_path):
     import fcntl
     with open(folder / ".lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        with pytest.raises(GalleryError, match="another process is saving"):
-            g.save()
+        with pytest.raises(GalleryError, match=r"another process is saving this gallery "
+                                               r"\(waited 0.2 s"):
+            g.save(lock_timeout=0.2)
 
 
 def test_damaged_galleries_are_errors(tmp_path):

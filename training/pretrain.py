@@ -2,10 +2,12 @@
 ``DIR/<class>/*.jpg`` -> a caffemodel whose backbone layers (``input_norm/*``, ``stem/*``,
 ``bottleneck*``) transfer by name into every re-id variant with ``tools/train.py --from``.
 
-``run_pretrain`` renders the net and solver (``generator.pretrain``) into the run folder,
-writes the initial weights (the re-id init: orthogonal squeezing 1x1 convolutions, MSRA for the
-others, identity BatchNorm), runs Caffe with progress, and reports how the final model would
-transfer into the chosen re-id variant's deploy net (rendered into the run folder).
+``run_pretrain`` takes the run folder's lock (``training.run.RunLock``, as ``tools/train.py``
+does: a second pre-training into the same folder is refused while the first runs), renders the
+net and solver (``generator.pretrain``) into the run folder, writes the initial weights (the
+re-id init: orthogonal squeezing 1x1 convolutions, MSRA for the others, identity BatchNorm),
+runs Caffe with progress, and reports how the final model would transfer into the chosen re-id
+variant's deploy net (rendered into the run folder).
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from typing import Callable
 import numpy as np
 
 from training.init import TransferReport, copy_by_name
-from training.run import (TrainingError, final_snapshot, init_weights, net_param_shapes,
-                             run_caffe_train)
+from training.run import (RunLock, TrainingError, final_snapshot, init_weights,
+                          net_param_shapes, run_caffe_train)
 
 
 @dataclass
@@ -42,6 +44,14 @@ def run_pretrain(data: Path, run_dir: Path, variant: str = "light", iters: int =
                  base_lr: float | None = None,
                  log: Callable[[str], None] = print) -> PretrainResult:
     """Pre-train ``variant``'s backbone on the classification folder ``data``."""
+    with RunLock(Path(run_dir) / ".train.lock"):     # before anything in it is rewritten
+        return _pretrain(data, run_dir, variant, iters, size, batch_size, seed, base_lr, log)
+
+
+def _pretrain(data: Path, run_dir: Path, variant: str, iters: int, size: tuple[int, int],
+              batch_size: int, seed: int, base_lr: float | None,
+              log: Callable[[str], None]) -> PretrainResult:
+    """``run_pretrain`` under the run's lock."""
     from rmnet.atomic import atomic_write_text as write_atomic
     from rmnet.data.classes import load_class_folder
     from generator import render

@@ -13,8 +13,10 @@ compress_to_fp16=False)``: FP32 weights). Everything is written into a staging d
 (files from a folder, or crops drawn by ``rmnet.data.synthetic``), ONNX Runtime runs the ONNX file and
 OpenVINO the IR, and the largest absolute difference of the output descriptors is reported. Only
 when every difference is within the tolerance are the files moved into place, each
-atomically (``rmnet.atomic.atomic_path``; the IR's ``.bin`` before its ``.xml``). A failed check
-raises ``ExportCheckError`` and leaves nothing behind.
+atomically (``rmnet.atomic.atomic_path``; the IR's ``.bin`` before its ``.xml``), under an
+exclusive lock on ``out_dir``: two exports into one folder at once leave one export's complete
+set of files, never one's ``.xml`` with the other's ``.bin``. A failed check raises
+``ExportCheckError`` and leaves nothing behind.
 
 The check is scale-aware by default: max |diff| <= 1e-4 x max(1, max |pycaffe output|), i.e.
 absolute for descriptors of magnitude up to 1 and relative above. Float32 rounding grows with the
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.atomic import atomic_path, write_bytes
+from rmnet.atomic import atomic_path, exclusive_lock, write_bytes
 from rmnet.caffe import caffemodel
 from rmnet.caffe.pycaffe import import_caffe, save_net, without_no_gpu_noise
 from rmnet.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend, PycaffeBackend, runtime_available
@@ -49,6 +51,7 @@ from rmnet.deploy.onnx import to_onnx
 DEFAULT_TOLERANCE = 1e-4  # max abs difference of FP32 descriptors (x max(1, max |output|))
 CHECKS = ("scaled", "absolute", "relative")   # what the tolerance bounds (see the module doc)
 CHECK_IMAGES = 8          # images in the check batch
+MOVE_LOCK_TIMEOUT = 120.0  # seconds an export waits for another one's files to be moved in
 
 
 class ExportCheckError(RuntimeError):
@@ -228,13 +231,15 @@ def _write_checked(model, blob, ref, report, prototxt, weights, out_dir, name, o
                 + ("" if check == "relative"
                    else "; --relative bounds the relative difference alone")
                 + "); nothing written", report)
-        # verified: move into place, each file atomically (the IR's weights before its xml)
-        _move_in(onnx_tmp, out_dir / onnx_tmp.name)
-        report.onnx = str(out_dir / f"{name}.onnx")
-        if openvino:
-            _move_in(stage / f"{name}.bin", out_dir / f"{name}.bin")
-            _move_in(stage / f"{name}.xml", out_dir / f"{name}.xml")
-            report.openvino_xml = str(out_dir / f"{name}.xml")
+        # verified: move into place, each file atomically (the IR's weights before its xml),
+        # the set under the folder's lock (another export's moves wait)
+        with exclusive_lock(out_dir, MOVE_LOCK_TIMEOUT):
+            _move_in(onnx_tmp, out_dir / onnx_tmp.name)
+            report.onnx = str(out_dir / f"{name}.onnx")
+            if openvino:
+                _move_in(stage / f"{name}.bin", out_dir / f"{name}.bin")
+                _move_in(stage / f"{name}.xml", out_dir / f"{name}.xml")
+                report.openvino_xml = str(out_dir / f"{name}.xml")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return report
@@ -264,14 +269,16 @@ def save_ir_files(model, xml_path: Path) -> None:
 def save_openvino(model, xml_path: str | os.PathLike) -> Path:
     """Write an ``openvino.Model`` as IR (``.xml`` + ``.bin``, weights as they are: FP32 stays
     FP32) atomically: both files are written in a staging folder next to ``xml_path``, then
-    moved into place, the ``.bin`` before the ``.xml`` that names the model."""
+    moved into place, the ``.bin`` before the ``.xml`` that names the model, under the folder's
+    lock (as ``export``'s files)."""
     xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=xml_path.parent, prefix=f".{xml_path.stem}.ir-"))
     try:
         save_ir_files(model, stage / xml_path.name)
-        _move_in(stage / xml_path.with_suffix(".bin").name, xml_path.with_suffix(".bin"))
-        _move_in(stage / xml_path.name, xml_path)
+        with exclusive_lock(xml_path.parent, MOVE_LOCK_TIMEOUT):
+            _move_in(stage / xml_path.with_suffix(".bin").name, xml_path.with_suffix(".bin"))
+            _move_in(stage / xml_path.name, xml_path)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return xml_path

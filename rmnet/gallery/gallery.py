@@ -24,9 +24,21 @@ A save writes a complete new version folder under a temporary name, fsyncs it, r
 renamed: ``rmnet.atomic``). A crash or an error at any point before that last rename leaves the
 old manifest pointing at the old, untouched version, so the previous gallery stays readable;
 leftovers of an interrupted save are removed by the next one. Older versions than the previous
-one are deleted after a save. Saves take an exclusive lock (``.lock``): two writers cannot
-interleave. Loading checks every file against the manifest (size, sha256) and the index against
-the metadata (same count), so a damaged gallery is an error naming the file, never wrong answers.
+one are deleted after a save. Loading checks every file against the manifest (size, sha256) and
+the index against the metadata (same count), so a damaged gallery is an error naming the file,
+never wrong answers.
+
+Concurrent writers: a change is a transaction on top of the version it was loaded from. A save
+takes the folder's exclusive lock (``.lock``, waiting up to ``lock_timeout`` for another save to
+finish) and, under it, compares the manifest's version with the one this gallery was loaded
+from (or last saved): if another process saved in between, the save raises ``GalleryConflict``
+and writes nothing, since saving would replace that process's version and lose its entries
+(the lost update). ``update(folder, change)`` is the whole transaction with retries: load, apply
+``change``, save; on a conflict load the newer version and apply ``change`` again, a bounded
+number of times. A gallery made by ``create`` expects no gallery in the folder (another process
+that created one first is a conflict); ``create(..., overwrite=True)`` replaces whatever is
+there. Readers take no lock: ``load`` reads the version the manifest names, and when a save
+switches the manifest and prunes that version under it, loads the newer one.
 
 Adding to a loaded gallery is incremental: new descriptors go into the existing index (an IVF
 index is not retrained) and the next save writes the new version. Descriptors are L2-normalised
@@ -46,19 +58,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from rmnet.atomic import atomic_write_text, fsync_path, write_bytes
+from rmnet.atomic import LockBusy, atomic_write_text, exclusive_lock, fsync_path, write_bytes
 from rmnet.caffe.caffemodel import sha256_file
 from rmnet.gallery import index as ix
 from rmnet.gallery.store import Entry, MetadataStore, Record, StoreError
@@ -69,10 +81,25 @@ META_FILE = "meta.sqlite"
 FORMAT = "rmnet-gallery"
 FORMAT_VERSION = 1
 VERSION_RE = re.compile(r"^v(\d{6,})$")
+LOCK = ".lock"
+LOCK_TIMEOUT = 60.0        # seconds a save waits for another process's save
+LOAD_ATTEMPTS = 10         # loads that met a version pruned by a concurrent save, at most
+ATTEMPTS = 10              # update(): tries of a change that met a concurrent save, at most
+RETRY_WAIT = 0.05          # update(): seconds before the n-th retry, times n (at most 1 s)
 
 
 class GalleryError(ValueError):
     """A gallery that cannot be read, or input it refuses; the message names the folder."""
+
+
+class GalleryConflict(GalleryError):
+    """Another process saved the gallery after this one loaded it: nothing was saved (load the
+    newer version and apply the change again; ``update`` does). ``loaded``: the version this
+    one was loaded from (0: created new); ``found``: the version saved meanwhile (0: none)."""
+
+    def __init__(self, message: str, loaded: int = 0, found: int = 0):
+        super().__init__(message)
+        self.loaded, self.found = loaded, found
 
 
 @dataclass(frozen=True)
@@ -98,6 +125,20 @@ def entry_from_path(path: str | os.PathLike) -> Entry:
     except DatasetError:
         return Entry(path=str(path))
     return Entry(path=str(path), camera=cam, pid=pid)
+
+
+def embed_images(embedder, paths: Sequence[str | os.PathLike], chunk: int = 256,
+                 progress: bool = True) -> np.ndarray:
+    """(N, D) descriptors of image files, ``chunk`` images a call of ``embedder.embed_paths``;
+    a progress bar over the images."""
+    from tqdm import tqdm
+    paths = list(paths)
+    out = []
+    with tqdm(total=len(paths), desc="gallery", unit="img", disable=not progress) as bar:
+        for s in range(0, len(paths), chunk):
+            out.append(np.asarray(embedder.embed_paths(paths[s:s + chunk]), np.float32))
+            bar.update(len(out[-1]))
+    return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
 
 
 def _now() -> str:
@@ -138,6 +179,7 @@ class Gallery:
         self.store = MetadataStore()
         self.next_id = 0
         self.version = 0
+        self.expect: int | None = 0   # the manifest version a save must find (None: any)
         self.trained_on = 0
         self.created = _now()
 
@@ -161,27 +203,44 @@ class Gallery:
             except ix.IndexSpecError as e:
                 raise GalleryError(f"{folder}: {e}") from None
         g = cls(folder, dim, model_sha256, index, model_info)
-        if overwrite and (folder / MANIFEST).exists():
-            try:
-                g.version = int(json.loads((folder / MANIFEST).read_text()).get("version", 0))
-            except (OSError, ValueError, AttributeError):
-                g.version = 0
+        if overwrite:
+            g.expect = None           # replaces whatever is there when it is saved
+            if (folder / MANIFEST).exists():
+                try:
+                    g.version = int(json.loads((folder / MANIFEST).read_text()).get("version",
+                                                                                    0))
+                except (OSError, ValueError, AttributeError):
+                    g.version = 0
         return g
 
     @classmethod
     def load(cls, folder: str | os.PathLike, verify: bool = True) -> "Gallery":
         """The gallery saved in ``folder``; ``GalleryError`` naming what is wrong.
 
-        ``verify``: check both files' sha256 against the manifest (reads them once more)."""
+        ``verify``: check both files' sha256 against the manifest (reads them once more).
+
+        A save by another process may switch the manifest and prune the version being read
+        meanwhile: then the newer version is loaded (``LOAD_ATTEMPTS`` tries at most)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise GalleryError(f"{folder}: no such gallery folder")
         mpath = folder / MANIFEST
-        if not mpath.is_file():
-            raise GalleryError(f"{folder}: not a gallery (no {MANIFEST})")
+        for attempt in range(1, LOAD_ATTEMPTS + 1):
+            text = _read_manifest_text(mpath)
+            try:
+                return cls._load_version(folder, text, verify)
+            except (GalleryError, FileNotFoundError):   # (a file pruned under the reader)
+                if attempt == LOAD_ATTEMPTS or _read_manifest_text(mpath) == text:
+                    raise                 # the same manifest: a real problem, not a switch
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load_version(cls, folder: Path, text: str, verify: bool) -> "Gallery":
+        """``load`` of the manifest ``text`` read from ``folder``."""
+        mpath = folder / MANIFEST
         try:
-            m = json.loads(mpath.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            m = json.loads(text)
+        except json.JSONDecodeError as e:
             raise GalleryError(f"{mpath}: corrupt gallery manifest ({e})") from None
         need = ("format", "format_version", "version", "current", "dim", "model_sha256",
                 "index", "count", "next_id", "files")
@@ -240,6 +299,7 @@ class Gallery:
             raise GalleryError(f"{vdir}: the index holds {n_index} entries, the metadata "
                                f"{len(g.store)}, the manifest {m['count']} (inconsistent)")
         g.next_id, g.version = int(m["next_id"]), int(m["version"])
+        g.expect = g.version
         g.trained_on = int(m.get("trained_on", 0))
         g.created = m.get("created", g.created)
         return g
@@ -326,22 +386,31 @@ class Gallery:
                    entries: Sequence[Entry] | None = None, chunk: int = 256,
                    progress: bool = True) -> np.ndarray:
         """Embed image files with ``embedder`` and add them (Entry from the file name unless
-        given); a progress bar over the images."""
-        from tqdm import tqdm
+        given), ``chunk`` images an add; a progress bar over the images."""
         paths = list(paths)
         entries = [entry_from_path(p) for p in paths] if entries is None else list(entries)
         if len(entries) != len(paths):
             raise GalleryError(f"{self.folder}: {len(paths)} images but {len(entries)} entries")
-        self._descriptors(np.zeros((0, self.dim), np.float32), embedder.model_sha256,
-                          "the embedder's descriptors")
-        out = []
-        with tqdm(total=len(paths), desc="gallery", unit="img", disable=not progress) as bar:
-            for s in range(0, len(paths), chunk):
-                feats = embedder.embed_paths(paths[s:s + chunk])
-                out.append(self.add(feats, entries[s:s + chunk],
-                                    model_sha256=embedder.model_sha256))
-                bar.update(len(feats))
+        self.check_model(embedder.model_sha256)
+        feats = embed_images(embedder, paths, chunk, progress)
+        return self.add_chunked(feats, entries, embedder.model_sha256, chunk)
+
+    def add_chunked(self, descriptors: np.ndarray, entries: Sequence[Entry], model_sha256: str,
+                    chunk: int = 256) -> np.ndarray:
+        """``add``, ``chunk`` descriptors at a time (an auto index grows as it would image by
+        image); returns the new ids."""
+        entries = list(entries)
+        if len(entries) != len(descriptors):
+            raise GalleryError(f"{self.folder}: {len(descriptors)} descriptors but "
+                               f"{len(entries)} entries")
+        out = [self.add(descriptors[s:s + chunk], entries[s:s + chunk],
+                        model_sha256=model_sha256) for s in range(0, len(entries), chunk)]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def check_model(self, model_sha256: str) -> None:
+        """``GalleryError`` if descriptors of the model ``model_sha256`` do not belong here."""
+        self._descriptors(np.zeros((0, self.dim), np.float32), model_sha256,
+                          "the embedder's descriptors")
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         """Remove entries by id (unknown ids are ignored); returns how many were removed."""
@@ -408,18 +477,9 @@ class Gallery:
     # --- saving ------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise GalleryError(f"{self.folder}: another process is saving this gallery") \
-                    from None
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def _lock(self, timeout: float) -> Iterator[None]:
+        with _folder_lock(self.folder, timeout):
+            yield
 
     def _versions_on_disk(self) -> list[int]:
         if not self.folder.is_dir():
@@ -441,16 +501,46 @@ class Gallery:
             "created": self.created, "saved": _now(),
         }
 
-    def save(self, keep_previous: bool = True) -> Path:
+    def _on_disk(self) -> tuple[int, str | None]:
+        """(version, current folder) of the saved manifest, (0, None) when there is none."""
+        mpath = self.folder / MANIFEST
+        if not mpath.is_file():
+            return 0, None
+        try:
+            m = json.loads(mpath.read_text())
+            return int(m["version"]), str(m["current"])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            if self.expect is None:       # replacing it anyway
+                return 0, None
+            raise GalleryError(f"{mpath}: corrupt gallery manifest ({e}): cannot tell "
+                               f"whether another process changed the gallery") from None
+
+    def _check_unchanged(self, on_disk: int) -> None:
+        """``GalleryConflict`` unless the saved version is the one this gallery builds on."""
+        if self.expect is None or on_disk == self.expect:
+            return
+        if self.expect == 0:
+            message = (f"{self.folder}: another process created a gallery here meanwhile "
+                       f"(v{on_disk:06d}); nothing was saved")
+        elif on_disk == 0:
+            message = (f"{self.folder}: the gallery's {MANIFEST} is gone since "
+                       f"v{self.expect:06d} was loaded (removed by another process?); nothing "
+                       f"was saved")
+        else:
+            message = (f"{self.folder}: the gallery changed since it was loaded (loaded "
+                       f"v{self.expect:06d}, another process saved v{on_disk:06d}); nothing "
+                       f"was saved: load it again and retry")
+        raise GalleryConflict(message, self.expect, on_disk)
+
+    def save(self, keep_previous: bool = True, lock_timeout: float = LOCK_TIMEOUT) -> Path:
         """Write the gallery as a new version and switch the manifest to it (module doc);
-        returns the new version's folder."""
-        with self._lock():
-            previous = self.folder / MANIFEST
-            prev_current = None
-            if previous.is_file():
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    prev_current = json.loads(previous.read_text()).get("current")
-            version = max([self.version, *self._versions_on_disk()]) + 1
+        returns the new version's folder. ``GalleryConflict`` (nothing written) if another
+        process saved since this gallery was loaded; waits up to ``lock_timeout`` seconds for
+        another process's save to finish."""
+        with self._lock(lock_timeout):
+            on_disk, prev_current = self._on_disk()
+            self._check_unchanged(on_disk)
+            version = max([self.version, on_disk, *self._versions_on_disk()]) + 1
             name = f"v{version:06d}"
             tmp = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".{name}.tmp-"))
             try:
@@ -474,15 +564,19 @@ class Gallery:
                     self.version = old_version
                     shutil.rmtree(self.folder / name, ignore_errors=True)
                     raise
+                self.expect = version
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             keep = {name} | ({prev_current} if keep_previous and prev_current else set())
+            manifest_tmp = f".{Path(MANIFEST).stem}.tmp-"    # rmnet.atomic's temporary names
             for p in self.folder.iterdir():
                 stale_version = VERSION_RE.match(p.name) and p.name not in keep
                 leftover = p.name.startswith(".v") and ".tmp-" in p.name
                 if p.is_dir() and (stale_version or leftover):
                     shutil.rmtree(p, ignore_errors=True)
+                elif p.name.startswith(manifest_tmp) and p.is_file():   # a killed save's
+                    p.unlink(missing_ok=True)
             return self.folder / name
 
     def summary(self) -> dict:
@@ -494,3 +588,72 @@ class Gallery:
                 "model_sha256": self.model_sha256, "model": self.model_info,
                 "version": self.version, "next_id": self.next_id,
                 "payload_bytes": 0 if self.index is None else ix.payload_bytes(self.index)}
+
+
+# --- transactions and locks ----------------------------------------------------------------
+
+def _read_manifest_text(mpath: Path) -> str:
+    if not mpath.is_file():
+        raise GalleryError(f"{mpath.parent}: not a gallery (no {MANIFEST})")
+    try:
+        return mpath.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GalleryError(f"{mpath}: corrupt gallery manifest ({e})") from None
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, timeout: float) -> Iterator[None]:
+    """The gallery folder's exclusive lock (its saves), waiting up to ``timeout`` seconds."""
+    try:
+        with exclusive_lock(folder / LOCK, timeout):
+            yield
+    except LockBusy:
+        raise GalleryError(f"{folder}: another process is saving this gallery (waited "
+                           f"{timeout:g} s for it)") from None
+
+
+def update(folder: str | os.PathLike, change: Callable[[Gallery], object], *,
+           attempts: int = ATTEMPTS, lock_timeout: float = LOCK_TIMEOUT,
+           on_retry: Callable[[GalleryConflict, int], None] | None = None,
+           keep_previous: bool = True) -> tuple[Gallery, object]:
+    """Load the gallery in ``folder``, apply ``change(gallery)`` and save, as one transaction:
+    when another process saved meanwhile (``GalleryConflict``), load the newer version and
+    apply ``change`` again, ``attempts`` times at most (``on_retry(conflict, attempt)`` is
+    called before each new attempt). Returns the saved gallery and what ``change`` returned.
+    ``change`` must be repeatable: it sees a freshly loaded gallery each time. After the last
+    attempt the conflict is raised, saying how many were made; nothing of this change is
+    saved then."""
+    folder = Path(folder)
+    if attempts < 1:
+        raise GalleryError(f"{folder}: attempts must be >= 1, got {attempts}")
+    for attempt in range(1, attempts + 1):
+        g = Gallery.load(folder)
+        result = change(g)
+        try:
+            g.save(keep_previous=keep_previous, lock_timeout=lock_timeout)
+            return g, result
+        except GalleryConflict as e:
+            if attempt >= attempts:
+                during = (f"each of the {attempts} attempts" if attempts > 1 else
+                          "the one attempt")
+                raise GalleryConflict(f"{folder}: another process saved the gallery during "
+                                      f"{during}; nothing of this change was saved: run it "
+                                      f"again", e.loaded, e.found) from e
+            if on_retry is not None:
+                on_retry(e, attempt + 1)
+            time.sleep(min(RETRY_WAIT * attempt, 1.0))
+    raise AssertionError("unreachable")
+
+
+def discard_unsaved(folder: str | os.PathLike, lock_timeout: float = LOCK_TIMEOUT) -> bool:
+    """Remove ``folder`` if it holds no saved gallery (what a failed build that created it
+    leaves); under the folder's lock, so a gallery another process saved there meanwhile is
+    kept. Returns whether it was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    with _folder_lock(folder, lock_timeout):
+        if (folder / MANIFEST).exists():
+            return False
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
