@@ -103,20 +103,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.test_format and args.test_data is None:
         ap.error("--test-format applies only with --test-data")
 
+    from rmnet.data.datasets import load_dataset
+    from rmnet.data.market import DatasetError
     from training.run import RunLock, TrainingError
-    try:   # one demo (or `tools/train.py --run-dir <out>/run`) at a time in an --out folder
+    try:
+        if args.data is not None:   # an evaluation set: refused before the lock writes anything
+            given = load_dataset(args.data.resolve(), args.format)
+            if not given.has_train:
+                raise DatasetError(untrainable(given))
+        # one demo (or `tools/train.py --run-dir <out>/run`) at a time in an --out folder
         with RunLock(args.out.resolve() / "run" / ".train.lock"):
             return run(args)
-    except TrainingError as e:
+    except (TrainingError, DatasetError) as e:
         print(f"demo: {e}", file=sys.stderr)
         return 2
+
+
+def untrainable(dataset) -> str:
+    """Why the demo cannot train on ``dataset`` (it has no training split)."""
+    from rmnet.data.datasets import no_train_error
+    return (no_train_error(dataset, "the demo, which trains a model,") +
+            "; or train on another set and score on this one with --test-data")
 
 
 def run(args: argparse.Namespace) -> int:
     """The demo's five steps (module doc) for the parsed command line, under the run's lock."""
     from generator import ConfigError
     from rmnet.atomic import atomic_write_text
-    from rmnet.data.datasets import load_dataset, no_train_error
+    from rmnet.data.datasets import load_dataset
     from rmnet.data.market import DatasetError
     from training.run import (TrainingError, calibrate_batchnorm, final_snapshot, init_weights,
                                 prepare_run, run_caffe_train, train_images)
@@ -130,9 +144,7 @@ def run(args: argparse.Namespace) -> int:
             given = load_dataset(root, args.format)
             print("  " + given.summary())
             if not given.has_train:     # before anything is rendered or written
-                raise DatasetError(no_train_error(given, "the demo, which trains a model,") +
-                                   "; or train on another set and score on this one with "
-                                   "--test-data")
+                raise DatasetError(untrainable(given))
         else:
             from rmnet.data.synthetic import SyntheticConfig, generate
             root = out / "synthetic"
