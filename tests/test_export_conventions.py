@@ -202,3 +202,17 @@ layer { name: "pool" type: "Pooling" bottom: "c1" top: "pool"
     assert report.ok and all(d <= TOL for d in report.max_abs_diff.values()), report.lines()
     ops = [n.op_type for n in onnx.load(report.onnx).graph.node]
     assert ops[:3] == ["Mul", "Add", "Conv"] and ops.count("Mul") == 1
+
+
+def test_embedder_reads_the_convention_from_the_file(exports, reference):
+    """Backends read the convention from the file's metadata and convert the raw BGR they are
+    given: the Embedder gives the same descriptors from either export."""
+    from rmnet.deploy.embedder import Embedder
+
+    blob, ref = reference
+    for name, report in exports.items():
+        for path, runtime in ((report.onnx, "onnxruntime"), (report.onnx, "opencv"),
+                              (report.openvino_xml, "openvino")):
+            emb = Embedder.load(path, runtime=runtime)
+            assert emb.backend.convention == name, (path, runtime)
+            assert np.abs(emb.embed_blob(blob[:7]) - ref[:7]).max() <= TOL, (name, runtime)

@@ -28,8 +28,8 @@ Trackers' conventions (``rmnet.deploy.conventions``): ``input="rgb-imagenet"`` e
 that takes RGB ``(x / 255 - mean) / std`` (ImageNet) instead of raw BGR 0..255, the adapter
 folded into the net's own input normalisation and first convolution (no operation added);
 ``normalize=True`` makes the output ``[N, D]`` with each row L2-normalised (named
-``descriptor``). The batch axis is dynamic in both files. The check then feeds each runtime the
-convention's input made from the same raw BGR batch pycaffe gets, and compares with pycaffe's
+``descriptor``). The batch axis is dynamic in both files. The check then feeds each runtime's backend the
+same raw BGR batch pycaffe gets (the backend converts it to the convention its file names), and compares with pycaffe's
 descriptors (L2-normalised first when the export normalises). The convention, mean, std, input
 size and output are written into the ONNX ``metadata_props`` and the IR's ``rt_info``
 (``rmnet.*`` keys, see ``conventions.metadata``).
@@ -53,7 +53,7 @@ from rmnet.atomic import atomic_path, write_bytes
 from rmnet.caffe import caffemodel
 from rmnet.caffe.pycaffe import import_caffe, save_net, without_no_gpu_noise
 from rmnet.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend, PycaffeBackend, runtime_available
-from rmnet.deploy.conventions import DEFAULT, adapt_graph, convention, metadata, to_convention
+from rmnet.deploy.conventions import DEFAULT, adapt_graph, convention, metadata
 from rmnet.deploy.graph import ExportError, load_graph
 from rmnet.deploy.onnx import NORMALIZED_OUTPUT, to_onnx
 from rmnet.eval.metrics import l2_normalize
@@ -209,7 +209,6 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
     if normalize:
         ref = l2_normalize(ref)
     report.max_abs_ref = float(np.abs(ref).max())
-    blob = to_convention(blob, input)
 
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
