@@ -92,3 +92,29 @@ def score(gts: list[MOTFile], results: list[MOTFile], names: list[str],
         per.append(Scores(name, {k: float(df[k].iloc[0]) for k in METRICS}))
     df = mh.compute(joint, metrics=list(METRICS), name="all cameras")
     return per, Scores("all cameras (global ids)", {k: float(df[k].iloc[0]) for k in METRICS})
+
+
+def kept_across_cameras(gts: list[MOTFile], results: list[MOTFile]) -> tuple[int, int]:
+    """(people whose id is kept, people seen by at least two cameras): a person keeps one id
+    when the result id matched to them most often (IoU >= 0.5, greedy by overlap per frame) is
+    the same in every camera that sees them."""
+    majority: list[dict[int, int]] = []
+    for gt, res in zip(gts, results):
+        g_frames, r_frames = _considered(gt), res.by_frame()
+        votes: dict[int, dict[int, int]] = {}
+        for f, g in g_frames.items():
+            r = r_frames.get(f)
+            if r is None:
+                continue
+            m = iou(g[:, 2:6], r[:, 2:6])
+            while m.size and m.max() >= MIN_IOU:
+                i, j = np.unravel_index(np.argmax(m), m.shape)
+                v = votes.setdefault(int(g[i, 1]), {})
+                v[int(r[j, 1])] = v.get(int(r[j, 1]), 0) + 1
+                m[i, :] = -1
+                m[:, j] = -1
+        majority.append({p: max(v, key=v.get) for p, v in votes.items()})
+    people = set().union(*(set(m) for m in majority))
+    multi = [p for p in people if sum(p in m for m in majority) > 1]
+    kept = sum(len({m[p] for m in majority if p in m}) == 1 for p in multi)
+    return kept, len(multi)
