@@ -14,11 +14,14 @@ What goes in as the appearance (a ``Describer``):
   only motion decides (DeepSort's gates and IoU): the same tracker without re-id.
 
 Across cameras (``IdentityLinker``): each camera's tracker numbers its own tracks. A confirmed
-track's descriptors are averaged; once it has ``min_detections`` of them, the mean is searched in
+track's descriptors are averaged, leaving out boxes cut by the picture's edge (a person entering
+or leaving the view is half a person, and their descriptors match other people's better than
+their own); once it has ``min_detections`` of them, the mean is searched in
 the persistent gallery (``rmnet.gallery.Gallery``: FAISS + SQLite, saved atomically) and the
 track takes the global id of the best entry whose cosine similarity is at least ``threshold``,
 unless that id is already held by another live track of the same camera (one person is not twice
-in one view); otherwise it gets a new global id. Its mean descriptor is then added to the gallery
+in one view) or by a track in view in another camera (one person is not in two places; unless
+``overlapping_views``); otherwise it gets a new global id. Its mean descriptor is then added to the gallery
 (``Entry``: camera, time, ``pid`` = the global id) and added again every ``refresh`` detections,
 so later queries see how the person looked recently. A gallery given by folder is loaded if it
 exists, so identities persist across runs (saved by ``save()``). With ``NoReid`` there is no
@@ -33,6 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from rmnet.eval.metrics import l2_normalize
+
+
+EDGE = 2   # pixels: a box closer to the picture's edge is cut by it (a person entering)
 
 
 class TrackerUnavailable(RuntimeError):
@@ -62,9 +68,10 @@ class TrackConfig:
     max_cosine_distance: float = 0.3   # DeepSort's appearance gate
     max_iou_distance: float = 0.7
     nn_budget: int = 100               # descriptors kept per track for the gate
-    link_threshold: float = 0.6        # cosine similarity to take a gallery identity
-    min_detections: int = 5            # descriptors averaged before a track is linked
+    link_threshold: float = 0.85       # cosine similarity to take a gallery identity
+    min_detections: int = 8            # descriptors averaged before a track is linked
     refresh: int = 25                  # re-add the track's mean every this many descriptors
+    overlapping_views: bool = False    # may one person be in two cameras' views at once?
 
 
 # --- appearance -------------------------------------------------------------------------------
@@ -119,6 +126,7 @@ class TrackBox:
     ltwh: np.ndarray
     conf: float
     descriptor: np.ndarray
+    whole: bool = True                 # the box lies inside the picture (not cut at its edge)
 
 
 class CameraTracker:
@@ -150,7 +158,11 @@ class CameraTracker:
             i = t.get_det_supplementary()
             if i is None:
                 continue
-            out.append(TrackBox(int(t.track_id), ltwh[i].copy(), float(dets[i, 6]), emb[i]))
+            x, y, w, h = ltwh[i]
+            whole = (x >= EDGE and y >= EDGE and x + w <= frame.shape[1] - EDGE
+                     and y + h <= frame.shape[0] - EDGE)
+            out.append(TrackBox(int(t.track_id), ltwh[i].copy(), float(dets[i, 6]), emb[i],
+                                bool(whole)))
         return out
 
 
@@ -158,7 +170,8 @@ class CameraTracker:
 
 @dataclass
 class _TrackState:
-    total: np.ndarray
+    total: np.ndarray                  # sum of the descriptors of whole boxes
+    edge: np.ndarray                   # sum of those of boxes cut by the picture's edge
     count: int = 0
     global_id: int | None = None
     last_frame: int = 0
@@ -198,9 +211,18 @@ class IdentityLinker:
         return linker
 
     def live_ids(self, camera: int, frame: int, exclude: tuple[int, int]) -> set[int]:
-        return {s.global_id for k, s in self.tracks.items()
-                if k[0] == camera and k != exclude and s.global_id is not None
-                and frame - s.last_frame <= self.cfg.max_age}
+        """Identities another track holds now: in this camera, any track not yet given up
+        (``max_age``); in another camera, one seen in this frame or the last, unless the views
+        overlap (``cfg.overlapping_views``)."""
+        out = set()
+        for k, s in self.tracks.items():
+            if k == exclude or s.global_id is None:
+                continue
+            if k[0] == camera and frame - s.last_frame <= self.cfg.max_age:
+                out.add(s.global_id)
+            elif k[0] != camera and not self.cfg.overlapping_views and frame - s.last_frame <= 1:
+                out.add(s.global_id)
+        return out
 
     def observe(self, camera: int, frame: int, box: TrackBox) -> int | None:
         """Record one descriptor of a camera's track; its global id, or None while pending."""
@@ -209,10 +231,14 @@ class IdentityLinker:
         key = (camera, box.local_id)
         s = self.tracks.get(key)
         if s is None:
-            s = self.tracks[key] = _TrackState(np.zeros(len(box.descriptor), np.float64))
+            s = self.tracks[key] = _TrackState(np.zeros(len(box.descriptor), np.float64),
+                                               np.zeros(len(box.descriptor), np.float64))
+        s.last_frame = frame
+        if not box.whole:              # half a person entering or leaving: not for linking
+            s.edge += box.descriptor
+            return s.global_id
         s.total += box.descriptor
         s.count += 1
-        s.last_frame = frame
         if s.global_id is None and s.count < self.cfg.min_detections:
             return None
         mean = l2_normalize(s.total[None].astype(np.float32))
@@ -249,7 +275,7 @@ class IdentityLinker:
         what they have)."""
         for key, s in sorted(self.tracks.items(), key=lambda kv: kv[1].last_frame):
             if s.global_id is None:
-                mean = l2_normalize(s.total[None].astype(np.float32))
+                mean = l2_normalize((s.total if s.count else s.edge)[None].astype(np.float32))
                 s.global_id = self.match(mean, key[0], s.last_frame, key)
 
     def save(self) -> Path:
