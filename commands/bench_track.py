@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     scene_cfg = SceneConfig(people=args.people, frames=args.frames, width=args.width,
                             height=args.height, seed=args.seed)
     say(f"command: {' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(argv or sys.argv[1:]))}")
-    say(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs")
+    say(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs; "
+        f"load average {os.getloadavg()[0]:.1f} (other jobs share the machine)")
     with tempfile.TemporaryDirectory(prefix="rmnet-bench-track-") as tmp:
         tmp = Path(tmp)
         scene_dir = args.scene or tmp / "scene"
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             f"({n_gt / (2 * scene_cfg.frames):.1f} people per frame), seed {scene_cfg.seed}")
         report = export(args.prototxt, args.weights, tmp / "fp32", name="rmnet", openvino=True)
         fp32 = Path(report.openvino_xml)
-        say(f"model: {args.prototxt} + {args.weights}; FP32 IR checked against pycaffe (max abs "
+        from rmnet.caffe.caffemodel import sha256_file
+        say(f"model: {args.prototxt} + {args.weights} (sha256 "
+            f"{sha256_file(args.weights)[:16]}); FP32 IR checked against pycaffe (max abs "
             f"diff {max(report.max_abs_diff.values()):.2g})")
         h, w = report.input_hw
         calib = to_blob([resize_to(c, h, w) for c in synthetic_crops(args.calib, seed=7)])
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{b['q3_ms']:.1f}); INT8 / FP32 time {b['median_ms'] / a['median_ms']:.2f}; "
                 f"{'within' if a['median_ms'] <= REAL_TIME_MS else 'over'} a 30 fps frame "
                 f"({REAL_TIME_MS:.1f} ms) in FP32")
+        say(f"  load average at the end {os.getloadavg()[0]:.1f}")
         say(f"  paper: light RMNet {PAPER_FPS} images/s on an i7-6700K, 30 people = "
             f"{1000 * 30 / PAPER_FPS:.1f} ms of inference per frame")
     if args.out:

@@ -51,13 +51,17 @@ def add_tracker_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--link-threshold", type=float, default=d.link_threshold,
                     help="cosine similarity to take an identity from the gallery "
                          "(default %(default)s)")
+    ap.add_argument("--max-transit", type=float,
+                    help="seconds an identity stays linkable after it was last seen, in any "
+                         "camera (default: no limit)")
     ap.add_argument("--min-detections", type=int, default=d.min_detections,
                     help="descriptors averaged before a track is linked (default %(default)s)")
 
 
 def tracker_config(args) -> TrackConfig:
     return TrackConfig(max_age=args.max_age, max_cosine_distance=args.max_cosine_distance,
-                       link_threshold=args.link_threshold, min_detections=args.min_detections)
+                       link_threshold=args.link_threshold, min_detections=args.min_detections,
+                       max_transit=args.max_transit)
 
 
 def load_embedder(model: list[Path], runtime: str):

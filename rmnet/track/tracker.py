@@ -21,7 +21,9 @@ the persistent gallery (``rmnet.gallery.Gallery``: FAISS + SQLite, saved atomica
 track takes the global id of the best entry whose cosine similarity is at least ``threshold``,
 unless that id is already held by another live track of the same camera (one person is not twice
 in one view) or by a track in view in another camera (one person is not in two places; unless
-``overlapping_views``); otherwise it gets a new global id. Its mean descriptor is then added to the gallery
+``overlapping_views``), or, with ``max_transit``, not seen anywhere for longer than that many
+seconds (how long people take between the views: the camera topology's prior, as multi-camera
+trackers use it); otherwise it gets a new global id. Its mean descriptor is then added to the gallery
 (``Entry``: camera, time, ``pid`` = the global id) and added again every ``refresh`` detections,
 so later queries see how the person looked recently. A gallery given by folder is loaded if it
 exists, so identities persist across runs (saved by ``save()``). With ``NoReid`` there is no
@@ -72,6 +74,7 @@ class TrackConfig:
     min_detections: int = 8            # descriptors averaged before a track is linked
     refresh: int = 25                  # re-add the track's mean every this many descriptors
     overlapping_views: bool = False    # may one person be in two cameras' views at once?
+    max_transit: float | None = None   # seconds an identity stays linkable after last seen
 
 
 # --- appearance -------------------------------------------------------------------------------
@@ -252,14 +255,24 @@ class IdentityLinker:
             s.added_at = s.count
         return s.global_id
 
+    def recent_ids(self, frame: int, key: tuple[int, int]) -> set[int] | None:
+        """Identities last seen (anywhere) within ``max_transit`` seconds; None: no limit."""
+        if self.cfg.max_transit is None:
+            return None
+        window = self.cfg.max_transit * self.fps
+        return {s.global_id for k, s in self.tracks.items()
+                if k != key and s.global_id is not None and frame - s.last_frame <= window}
+
     def match(self, mean: np.ndarray, camera: int, frame: int, key: tuple[int, int]) -> int:
         busy = self.live_ids(camera, frame, key)
+        recent = self.recent_ids(frame, key)
         if len(self.gallery):
             for hit in self.gallery.search(mean, k=min(50, len(self.gallery)),
                                            model_sha256=self.model_sha256)[0]:
                 if hit.score < self.cfg.link_threshold:
                     break
-                if hit.pid is not None and hit.pid not in busy:
+                if hit.pid is not None and hit.pid not in busy and (recent is None
+                                                                    or hit.pid in recent):
                     self.linked += 1
                     return int(hit.pid)
         gid = self.next_id
