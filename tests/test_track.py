@@ -165,6 +165,12 @@ def test_linking_across_cameras_through_the_gallery(exact_scene, tmp_path):
     first = {tuple(r[[0, 2, 3]]): r[1] for r in res.rows[1]}
     same = [first.get(tuple(r[[0, 2, 3]])) == r[1] for r in res2.rows[1]]
     assert np.mean(same) > 0.9
+    # with no time to walk between the views, nobody can be linked across them
+    short = TrackConfig(max_transit=0.04)
+    none = IdentityLinker.open(tmp_path / "g2", oracle.dim, "oracle", short)
+    res3 = track_videos(p["video"], p["det"], oracle, none, tmp_path / "short", cfg=short,
+                        write_videos=False)
+    assert res3.cross_camera == 0 and res3.identities > res.identities
     from rmnet.gallery import GalleryError
     with pytest.raises(GalleryError, match="another model"):
         IdentityLinker.open(tmp_path / "gallery", oracle.dim, "other-model", cfg)
