@@ -162,18 +162,21 @@ def test_command_line_conventions(work, weights, capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def _small_net(work: Path, name: str, h: int, w: int, layers: str) -> tuple[Path, Path]:
+    """A deploy prototxt of ``layers`` after an N x 3 x h x w input, with random weights."""
+    proto = work / f"{name}.prototxt"
+    proto.write_text(f'name: "{name}"\nlayer {{ name: "data" type: "Input" top: "data" '
+                     f'input_param {{ shape {{ dim: 1 dim: 3 dim: {h} dim: {w} }} }} }}'
+                     + layers + "\n")
+    return proto, random_caffemodel(proto, work / f"{name}.caffemodel", seed=0)
+
+
 def test_channel_swap_refused_where_it_cannot_fold(work, caffe):
     """A grouped convolution reading the input cannot take the RGB/BGR swap: refused, named."""
-    proto = work / "grouped.prototxt"
-    proto.write_text("""
-name: "grouped"
-layer { name: "data" type: "Input" top: "data"
-        input_param { shape { dim: 1 dim: 3 dim: 16 dim: 8 } } }
+    proto, w = _small_net(work, "grouped", 16, 8, """
 layer { name: "dw" type: "Convolution" bottom: "data" top: "dw"
         convolution_param { num_output: 3 group: 3 kernel_size: 3 pad: 1
-                            weight_filler { type: "gaussian" std: 0.3 } } }
-""")
-    w = random_caffemodel(proto, work / "grouped.caffemodel", seed=0)
+                            weight_filler { type: "gaussian" std: 0.3 } } }""")
     with pytest.raises(ExportError, match=r"'dw' \(convolution with group 3\)"):
         export(proto, w, work / "grouped_out", openvino=False, input="rgb-imagenet")
     assert not (work / "grouped_out").exists()
@@ -185,19 +188,13 @@ def test_net_without_input_normalisation_gets_one(work, caffe):
     still folds into the convolution, and the export matches pycaffe."""
     import onnx
 
-    proto = work / "plain.prototxt"
-    proto.write_text("""
-name: "plain"
-layer { name: "data" type: "Input" top: "data"
-        input_param { shape { dim: 1 dim: 3 dim: 24 dim: 12 } } }
+    proto, w = _small_net(work, "plain", 24, 12, """
 layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
         convolution_param { num_output: 16 kernel_size: 3 pad: 1 stride: 2
                             weight_filler { type: "gaussian" std: 0.01 } } }
 layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
 layer { name: "pool" type: "Pooling" bottom: "c1" top: "pool"
-        pooling_param { pool: AVE global_pooling: true } }
-""")
-    w = random_caffemodel(proto, work / "plain.caffemodel", seed=0)
+        pooling_param { pool: AVE global_pooling: true } }""")
     report = export(proto, w, work / "plain_out", openvino=True, input="rgb-imagenet")
     assert report.ok and all(d <= TOL for d in report.max_abs_diff.values()), report.lines()
     ops = [n.op_type for n in onnx.load(report.onnx).graph.node]

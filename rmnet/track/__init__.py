@@ -7,3 +7,16 @@ identities kept in a persistent gallery (``rmnet.gallery``); ``rmnet.track.scene
 multi-camera sequence of synthetic people with its ground truth; ``rmnet.track.metrics``: MOTA,
 IDF1 and ID switches with ``motmetrics`` (optional).
 """
+import importlib
+
+INSTALL_HINT = ("pip install --no-deps -r requirements-track.txt (make setup does; --no-deps: "
+                "deep_sort_realtime names opencv-python, and opencv-python-headless already "
+                "provides cv2)")
+
+
+def optional_module(name: str, purpose: str, error: type[Exception] = ImportError):
+    """Import one of the optional packages, or raise ``error`` saying how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise error(f"{purpose} needs {name.split('.')[0]} ({e}): {INSTALL_HINT}") from None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rmnet.track import optional_module
 from rmnet.track.mot import MOTFile
 
 METRICS = ("idf1", "idp", "idr", "mota", "num_switches", "num_false_positives", "num_misses",
@@ -26,12 +27,7 @@ MIN_IOU = 0.5
 
 
 def motmetrics_module():
-    try:
-        import motmetrics
-    except ImportError as e:
-        raise ImportError(f"scoring needs motmetrics ({e}): pip install -r "
-                          f"requirements-track.txt") from None
-    return motmetrics
+    return optional_module("motmetrics", "scoring")
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from rmnet.eval.metrics import l2_normalize
+from rmnet.track import optional_module
 
 
 EDGE = 2   # pixels: a box closer to the picture's edge is cut by it (a person entering)
@@ -47,19 +48,10 @@ class TrackerUnavailable(RuntimeError):
     """The optional tracker package is not installed."""
 
 
-INSTALL_HINT = ("pip install -r requirements-track.txt (deep_sort_realtime; install it with "
-                "--no-deps: it names opencv-python, and opencv-python-headless already provides "
-                "cv2)")
-
-
 def deep_sort_class():
     """deep_sort_realtime's ``DeepSort``, or ``TrackerUnavailable`` saying how to install it."""
-    try:
-        from deep_sort_realtime.deepsort_tracker import DeepSort
-    except ImportError as e:
-        raise TrackerUnavailable(f"the tracker needs deep_sort_realtime ({e}): "
-                                 f"{INSTALL_HINT}") from None
-    return DeepSort
+    return optional_module("deep_sort_realtime.deepsort_tracker", "the tracker",
+                           TrackerUnavailable).DeepSort
 
 
 @dataclass(frozen=True)
