@@ -85,9 +85,9 @@ def track_videos(videos: list[Path], detections: list[Path], describer: Describe
     out.mkdir(parents=True, exist_ok=True)
     writers: list[VideoWriter] = []
     try:
-        if write_videos:
-            writers = [VideoWriter(out / f"{s}-tracked.mp4", r.fps, r.size, codec)
-                       for s, r in zip(stems, readers)]
+        if write_videos:          # one by one: a codec refused for the second aborts the first
+            for s, r in zip(stems, readers):
+                writers.append(VideoWriter(out / f"{s}-tracked.mp4", r.fps, r.size, codec))
         trackers = [CameraTracker(describer, cfg) for _ in readers]
         timed = _Timed(describer)
         for t in trackers:
