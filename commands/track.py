@@ -5,9 +5,13 @@
         --detections cam1-det.txt --detections cam2-det.txt \\
         --model prototxt/light/deploy.prototxt model.caffemodel --out tracked/ \\
         [--gallery galleries/site] [--gt cam1-gt.txt --gt cam2-gt.txt]
+    (--detector person-detection.xml in place of the --detections files)
 
 Detections are MOT Challenge text files (``frame, -1, left, top, width, height, conf, ...``),
-one per video in the same order. Each camera runs deep_sort_realtime's tracker (an optional
+one per video in the same order, or come from a person-detection OpenVINO IR the user has
+(``--detector``: Open Model Zoo's SSD ``[1, 1, N, 7]`` layout, e.g. person-detection-retail-0013,
+or ``boxes`` + ``labels``, e.g. person-detection-0200; rmnet/track/detector.py), kept at
+``--det-threshold``; its detections are written to ``<out>/<video stem>-det.txt``. Each camera runs deep_sort_realtime's tracker (an optional
 dependency: ``pip install --no-deps -r requirements-track.txt``) fed RMNet descriptors of its
 detections (``--model``: a Caffe deploy prototxt + caffemodel, an exported ``.onnx`` or an
 OpenVINO ``.xml``, on ``--runtime``); tracks are linked across cameras through a persistent gallery
@@ -18,9 +22,6 @@ Writes ``<out>/<video stem>.txt`` (MOT results, global ids) and ``<out>/<video s
 (boxes and ids drawn; ``--no-video`` skips it, ``--codec`` picks the FourCC). With ``--gt``
 (MOT ground truth, one per video) prints MOTA, IDF1 and ID switches per camera and over all
 cameras with global ids (needs motmetrics, same requirements file).
-
-A person detector is not built in: detections come from files (any detector's output in MOT
-format).
 
 Exit status: 0 done; 2 bad input (a video OpenCV cannot decode, a codec it cannot write,
 detections that do not fit their video, a missing optional package), with a message naming it.
@@ -76,8 +77,15 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video", type=Path, action="append", required=True,
                     help="a camera's video (repeat for more cameras)")
-    ap.add_argument("--detections", type=Path, action="append", required=True,
-                    help="its MOT-format detections (one per --video, same order)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--detections", type=Path, action="append",
+                     help="its MOT-format detections (one per --video, same order)")
+    src.add_argument("--detector", type=Path,
+                     help="a person-detection OpenVINO IR (.xml) run on every frame instead")
+    ap.add_argument("--det-threshold", type=float, default=0.5,
+                    help="with --detector: minimum confidence (default %(default)s)")
+    ap.add_argument("--det-label", type=int,
+                    help="with --detector: keep only this class label (default: all)")
     ap.add_argument("--model", type=Path, nargs="+",
                     help="RMNet: deploy .prototxt + .caffemodel, .onnx, or OpenVINO .xml")
     ap.add_argument("--runtime", default="auto",
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from rmnet.deploy.export import ExportCheckError
     from rmnet.deploy.graph import ExportError
     from rmnet.gallery import GalleryError
+    from rmnet.track.detector import DetectorError, PersonDetector
     from rmnet.track.run import open_inputs, track_videos
     from rmnet.track.tracker import (IdentityLinker, NoReid, ReidDescriber,
                                      SeparateIdentities, deep_sort_class)
@@ -112,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         deep_sort_class()                       # the optional package, before any work
         readers, _ = open_inputs(args.video, args.detections)   # every input checked first
+        detector = (PersonDetector(args.detector, args.det_threshold, args.det_label)
+                    if args.detector else None)
         if args.no_reid:
             describer, linker = NoReid(), SeparateIdentities()
         else:
@@ -125,15 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         with tqdm(total=total, unit="frame", desc="tracking", file=sys.stderr) as bar:
             result = track_videos(args.video, args.detections, describer, linker, args.out,
                                   cfg=cfg, write_videos=not args.no_video, codec=args.codec,
-                                  progress=bar.update)
+                                  progress=bar.update, detector=detector)
         if not args.no_reid:
             linker.save()
     except (TrackerUnavailable, VideoError, MOTFormatError, GalleryError, RuntimeUnavailable,
-            ExportError, ExportCheckError, ValueError) as e:
+            ExportError, ExportCheckError, DetectorError, ValueError) as e:
         print(f"track: {e}", file=sys.stderr)
         return 2
     per_frame = 1000 * result.reid_seconds / max(1, result.frames)
-    print(f"{result.frames} camera frames, {result.detections} detections; re-id "
+    print(f"{result.frames} camera frames, {result.detections} detections"
+          f"{' (from ' + str(args.detector) + ')' if args.detector else ''}; re-id "
           f"{per_frame:.1f} ms per camera frame")
     print(f"{result.identities} identities, {result.cross_camera} seen by more than one camera "
           f"({result.linked} tracks took an identity from the gallery); tracks per camera "

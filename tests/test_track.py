@@ -241,3 +241,66 @@ def test_track_command(scene, tmp_path, capsys):
                  str(tmp_path / "o6"), "--no-reid", "--codec", "ZZZZ"]) == 2
     assert "cannot write codec 'ZZZZ'" in capsys.readouterr().err
     assert not [p.name for p in (tmp_path / "o6").iterdir() if p.suffix == ".mp4"]
+
+
+def _detector_ir(path: Path, layout: str, boxes: np.ndarray) -> Path:
+    """A generated IR in a person detector's output layout whose boxes are ``boxes`` (k, 5)
+    ``x0, y0, x1, y1, conf`` in 0..1 for any image: real OpenVINO files and inference, to test
+    reading, scaling and the tracking loop (no person detector ships with the project)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    image = ops.parameter([1, 3, 96, 160], np.float32, name="image")
+    zero = ops.multiply(ops.reduce_mean(image, [0, 1, 2, 3], keep_dims=False),
+                        np.float32(0))               # depends on the input, adds nothing
+    k = len(boxes)
+    if layout == "ssd":
+        rows = np.zeros((1, 1, k + 1, 7), np.float32)
+        rows[0, 0, :k, 1] = 1
+        rows[0, 0, :k, 2] = boxes[:, 4]
+        rows[0, 0, :k, 3:7] = boxes[:, :4]
+        rows[0, 0, k, 0] = -1                        # the end marker, then padding
+        out = [ops.add(ops.constant(rows), zero, name="detection_out")]
+    else:
+        b = boxes.copy()
+        b[:, [0, 2]] *= 160
+        b[:, [1, 3]] *= 96
+        out = [ops.add(ops.constant(b.astype(np.float32)), zero),
+               ops.constant(np.array([0, 1] + [0] * (k - 2), np.int64))]
+        out[0].output(0).get_tensor().set_names({"boxes"})
+        out[1].output(0).get_tensor().set_names({"labels"})
+    model = ov.Model([o.output(0) for o in out], [image], "detector")
+    if layout == "ssd":
+        model.outputs[0].get_tensor().set_names({"detection_out"})
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return path
+
+
+@needs_deepsort
+def test_detector_ir_feeds_the_tracker(scene, tmp_path, capsys):
+    from commands.track import main
+    from rmnet.track.detector import DetectorError, PersonDetector
+
+    boxes = np.array([[0.1, 0.2, 0.3, 0.9, 0.9], [0.6, 0.1, 0.7, 0.8, 0.8],
+                      [0.4, 0.4, 0.5, 0.5, 0.2]])
+    frame = np.zeros((180, 320, 3), np.uint8)
+    for layout in ("ssd", "boxes"):
+        det = PersonDetector(_detector_ir(tmp_path / f"{layout}.xml", layout, boxes), 0.5,
+                             label=0 if layout == "boxes" else None)
+        rows = det.detect(frame)
+        want = 2 if layout == "ssd" else 1       # conf 0.2 dropped; label 1 dropped with label=0
+        assert len(rows) == want, layout
+        assert np.allclose(rows[0, 2:7], [32, 36, 64, 126, 0.9], atol=1e-3), layout
+    v = scene["video"][0]
+    assert main(["--video", str(v), "--detector", str(tmp_path / "ssd.xml"), "--out",
+                 str(tmp_path / "out"), "--no-reid", "--no-video"]) == 0
+    assert f"{2 * SMALL.frames} detections (from" in capsys.readouterr().out
+    written = read_mot(tmp_path / "out" / "cam1-det.txt")
+    assert written.last_frame == SMALL.frames and len(written.rows) == 2 * SMALL.frames
+    assert len(np.unique(read_mot(tmp_path / "out" / "cam1.txt").rows[:, 1])) == 2
+    (tmp_path / "bad.xml").write_text("<net>")
+    with pytest.raises(DetectorError, match="bad.xml: OpenVINO cannot read it"):
+        PersonDetector(tmp_path / "bad.xml")
+    assert main(["--video", str(v), "--detector", str(tmp_path / "missing.xml"), "--out",
+                 str(tmp_path / "o2"), "--no-reid"]) == 2
+    assert "missing.xml: no such detector IR" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Tracking a set of camera videos with their MOT detections: the work behind ``tools/track.py``.
 
-``track_videos`` checks every input before the first frame is tracked (each video opens and
+Detections come from MOT files or, frame by frame, from a person-detector IR
+(``rmnet.track.detector``). ``track_videos`` checks every input before the first frame is tracked (each video opens and
 decodes, each detection file reads and fits its video: no frame past the video's end, no box
 wholly outside its picture, ``rmnet.track.mot.check_fits``), then steps all cameras frame by
 frame together (so a person who leaves one view is in the gallery when they enter the next),
@@ -55,8 +56,11 @@ def annotate(frame: np.ndarray, boxes: list[tuple[np.ndarray, str, int]]) -> np.
     return img
 
 
-def open_inputs(videos: list[Path], detections: list[Path]):
-    """Readers and detections, every mismatch refused before any tracking."""
+def open_inputs(videos: list[Path], detections: list[Path] | None):
+    """Readers and detections (None: from a detector), every mismatch refused before any
+    tracking."""
+    if detections is None:
+        return [VideoReader(v) for v in videos], [None] * len(videos)
     if len(videos) != len(detections):
         raise MOTFormatError(f"{len(videos)} videos but {len(detections)} detection files: "
                              f"give one --detections per --video, in the same order")
@@ -72,12 +76,17 @@ def open_inputs(videos: list[Path], detections: list[Path]):
     return readers, dets
 
 
-def track_videos(videos: list[Path], detections: list[Path], describer: Describer, linker,
+def track_videos(videos: list[Path], detections: list[Path] | None, describer: Describer, linker,
                  out: Path, *, cfg: TrackConfig = TrackConfig(), write_videos: bool = True,
-                 codec: str | None = None, progress=None) -> TrackResult:
+                 codec: str | None = None, progress=None, detector=None) -> TrackResult:
     """Track every camera (see the module doc); writes ``out/<video stem>.txt`` (and
-    ``out/<video stem>-tracked.mp4``)."""
-    readers, dets = open_inputs(list(map(Path, videos)), list(map(Path, detections)))
+    ``out/<video stem>-tracked.mp4``). ``detections=None``: each frame's boxes come from
+    ``detector`` (``rmnet.track.detector.PersonDetector``) and are written to
+    ``out/<video stem>-det.txt``."""
+    if (detections is None) == (detector is None):
+        raise ValueError("give detection files or a detector, not both or neither")
+    readers, dets = open_inputs(list(map(Path, videos)),
+                                None if detections is None else list(map(Path, detections)))
     stems = [Path(v).stem for v in videos]
     if len(set(stems)) != len(stems):
         raise ValueError(f"two videos have the same name ({', '.join(stems)}): their results "
@@ -93,6 +102,7 @@ def track_videos(videos: list[Path], detections: list[Path], describer: Describe
         for t in trackers:
             t.describer = timed
         raw: list[list[tuple]] = [[] for _ in readers]
+        detected: list[list[np.ndarray]] = [[] for _ in readers]
         iters = [iter(r) for r in readers]
         live = list(range(len(readers)))
         frames = n_det = 0
@@ -103,7 +113,12 @@ def track_videos(videos: list[Path], detections: list[Path], describer: Describe
                     live.remove(c)
                     continue
                 no, frame = item
-                d = dets[c].get(no, np.zeros((0, 10)))
+                if dets[c] is None:
+                    d = detector.detect(frame)
+                    d[:, 0] = no
+                    detected[c].append(d)
+                else:
+                    d = dets[c].get(no, np.zeros((0, 10)))
                 n_det += len(d)
                 shown = []
                 for box in trackers[c].step(frame, d):
@@ -129,6 +144,9 @@ def track_videos(videos: list[Path], detections: list[Path], describer: Describe
                         for no, lid, x, y, w, h, conf in recs], np.float64).reshape(-1, 10)
         rows.append(arr)
     paths = [write_mot(out / f"{s}.txt", r) for s, r in zip(stems, rows)]
+    if detector is not None:
+        for s, d in zip(stems, detected):
+            write_mot(out / f"{s}-det.txt", np.concatenate(d) if d else np.zeros((0, 10)))
     cams_of: dict[int, set[int]] = {}
     for c, r in enumerate(rows):
         for gid in np.unique(r[:, 1]).astype(int):
