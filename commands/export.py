@@ -3,7 +3,7 @@
 
     .venv/bin/python tools/export.py --prototxt prototxt/light/deploy.prototxt \\
         --weights snapshots/light_iter_100000.caffemodel --out exported/ --openvino \\
-        [--images data/market1501/query]
+        [--images data/market1501/query] [--input rgb-imagenet --normalize]
 
 Writes ``<out>/<name>.onnx`` (and ``<name>.xml`` + ``<name>.bin`` with ``--openvino``), name =
 the caffemodel's stem unless ``--name``. BatchNorm+Scale are folded into the convolutions; the
@@ -13,6 +13,15 @@ person crops) and each exported model must reproduce its descriptors within ``--
 (default 1e-4 x max(1, max |pycaffe output|): absolute for descriptors up to 1, relative above,
 so random-weight nets with large outputs are not rejected on float32 rounding; ``--absolute`` or
 ``--relative`` bounds one of the two alone). The check is printed.
+
+``--input`` picks what the exported model takes (rmnet/deploy/conventions.py): ``bgr255`` (the
+default: raw BGR 0..255, as Caffe and OpenVINO's demos) or ``rgb-imagenet`` (RGB,
+``(x / 255 - mean) / std`` with ImageNet's mean and std, as BoxMOT's re-id backends feed); the
+adapter is folded into the net's input normalisation, so both run at the same cost.
+``--normalize`` makes the output ``descriptor`` of shape ``[N, D]`` with L2-normalised rows
+(on by default with ``--input rgb-imagenet``; ``--no-normalize`` keeps the raw output). The
+batch axis is dynamic in ONNX and in the IR; the convention, mean, std, input size and output
+are in the ONNX ``metadata_props`` and the IR's ``rt_info`` (``rmnet.*`` keys).
 
 Exit status: 0 exported and checked; 1 the check failed (nothing written); 2 bad input (a layer
 the exporter does not know, a caffemodel that does not fit the prototxt, a missing file or
@@ -25,6 +34,7 @@ import sys
 from pathlib import Path
 
 
+from rmnet.deploy.conventions import CONVENTIONS, DEFAULT  # noqa: E402
 from rmnet.deploy.export import DEFAULT_TOLERANCE, ExportCheckError, export  # noqa: E402
 from rmnet.deploy.graph import ExportError  # noqa: E402
 from rmnet.data.images import ImageError  # noqa: E402
@@ -43,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write OpenVINO IR (FP32) converted from the ONNX model")
     ap.add_argument("--images", type=Path,
                     help="folder of images for the check (default: synthetic person crops)")
+    ap.add_argument("--input", choices=list(CONVENTIONS), default=DEFAULT,
+                    help="what the exported model takes: raw BGR 0..255 (default) or RGB "
+                         "ImageNet-normalised, as BoxMOT feeds")
+    ap.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                    help="output [N, D] with L2-normalised rows (default: on with --input "
+                         "rgb-imagenet, off with bgr255)")
     ap.add_argument("--name", help="output file stem (default: the caffemodel's stem)")
     ap.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                     help="max abs difference of the descriptors allowed, times max(1, max "
@@ -64,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         report = export(args.prototxt, args.weights, args.out, name=args.name,
                         openvino=args.openvino, images=args.images, tolerance=args.tolerance,
                         check="relative" if args.relative else
-                        "absolute" if args.absolute else "scaled")
+                        "absolute" if args.absolute else "scaled",
+                        input=args.input,
+                        normalize=(args.input != DEFAULT if args.normalize is None
+                                   else args.normalize))
     except ExportCheckError as e:
         print("\n".join(e.report.lines()))
         print(f"error: {e}", file=sys.stderr)

@@ -4,7 +4,9 @@
 # Steps (each idempotent; a re-run skips what is already done and resumes after a failure):
 #   1. system packages   Debian build dependencies of Caffe, installed with apt-get if missing.
 #   2. python venv       .venv from Debian's /usr/bin/python3 (pycaffe links Debian's
-#                        libpython3.11), with requirements.txt and the project (pip install -e .).
+#                        libpython3.11), with requirements.txt, the tracker's packages
+#                        (requirements-track.txt, without dependency resolution: see that file)
+#                        and the project (pip install -e .).
 #   3. caffe source      Debian's caffe source package, fetched with a private apt state
 #                        directory (the system's apt configuration is not touched) and checked
 #                        against the pinned .dsc SHA-256 and the .dsc's own checksums.
@@ -191,7 +193,7 @@ step_system_packages() {
 # ---------------------------------------------------------------------------------------------
 # 2. python venv
 venv_stamp() {
-  cat "$ROOT/requirements.txt" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+  cat "$ROOT/requirements.txt" "$ROOT/requirements-track.txt" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
 }
 
 step_python_venv() {
@@ -216,6 +218,7 @@ step_python_venv() {
   progress "installing Python packages into $VENV (requirements.txt)"
   rm -f "$VENV/.rmnet-requirements"
   "$VENV/bin/python" -m pip install --disable-pip-version-check -r "$ROOT/requirements.txt"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check --no-deps -r "$ROOT/requirements-track.txt"
   "$VENV/bin/python" -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
   echo "$want" >"$VENV/.rmnet-requirements"
 }

@@ -1,5 +1,7 @@
 """The runtimes a descriptor model runs on, behind one method: ``infer(blob) -> (N, D)`` float32
-raw outputs for a float32 (N, 3, H, W) raw BGR blob. Used by the embedding API
+raw outputs for a float32 (N, 3, H, W) raw BGR blob. An exported model that takes another input
+convention (``rmnet.deploy.conventions``; read from the ONNX ``metadata_props`` or the IR's
+``rt_info``) gets the raw BGR blob converted to it, so every caller keeps feeding raw BGR. Used by the embedding API
 (``rmnet.deploy.embedder``), the exporter's checks, the evaluation and the benchmarks.
 
 - ``PycaffeBackend``: Caffe's own forward (TEST phase), the reference every export is checked
@@ -16,6 +18,7 @@ import os
 import numpy as np
 
 from rmnet.caffe.pycaffe import input_size, load_net, output_blob
+from rmnet.deploy.conventions import DEFAULT, to_convention
 from rmnet.deploy.graph import load_graph
 
 RUNTIMES = ("openvino", "onnxruntime", "opencv", "pycaffe")   # auto order: fastest first
@@ -44,15 +47,17 @@ class Backend:
     """One loaded model on one runtime: ``infer(blob)`` -> (N, D) float32 raw descriptors."""
     runtime = ""
     input_hw: tuple[int, int] = (0, 0)
+    convention: str = DEFAULT     # what the model takes; infer() converts raw BGR to it
 
     def infer(self, blob: np.ndarray) -> np.ndarray:   # pragma: no cover - abstract
         raise NotImplementedError
 
-    @staticmethod
-    def _check(blob: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    def _check(self, blob: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         if blob.ndim != 4 or blob.shape[1] != 3 or tuple(blob.shape[2:]) != tuple(hw):
             raise ValueError(f"expected a float32 (N, 3, {hw[0]}, {hw[1]}) blob, got "
                              f"{blob.shape}")
+        if self.convention != DEFAULT:
+            return to_convention(blob, self.convention)
         return np.ascontiguousarray(blob, dtype=np.float32)
 
 
@@ -96,6 +101,7 @@ class OpenCVBackend(Backend):
                 input_hw = graph.input_hw
         else:
             self.net = cv2.dnn.readNetFromONNX(str(model))
+            self.convention = onnx_convention(model)
             if input_hw is None:
                 input_hw = onnx_input_hw(model)
         self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
@@ -124,6 +130,8 @@ class OnnxRuntimeBackend(Backend):
                                             providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
         self.input = inp.name
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.convention = meta.get("rmnet.input_convention", DEFAULT)
         self.input_hw = (int(inp.shape[2]), int(inp.shape[3]))
 
     def infer(self, blob: np.ndarray) -> np.ndarray:
@@ -150,6 +158,8 @@ class OpenVINOBackend(Backend):
 
         self.core = ov.Core()
         self.model = self.core.read_model(str(model_path))
+        if self.model.has_rt_info(["rmnet", "input_convention"]):
+            self.convention = self.model.get_rt_info(["rmnet", "input_convention"]).astype(str)
         shape = self.model.inputs[0].get_partial_shape()
         self.input_hw = (shape[2].get_length(), shape[3].get_length())
         self.config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision,
@@ -185,3 +195,12 @@ def onnx_input_hw(path: str | os.PathLike) -> tuple[int, int]:
     model = onnx.load(str(path), load_external_data=False)
     dims = model.graph.input[0].type.tensor_type.shape.dim
     return int(dims[2].dim_value), int(dims[3].dim_value)
+
+
+def onnx_convention(path: str | os.PathLike) -> str:
+    """The input convention an exported ONNX file names in its metadata (default raw BGR)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    return props.get("rmnet.input_convention", DEFAULT)

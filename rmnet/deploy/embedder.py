@@ -30,7 +30,9 @@ pycaffe instead, with one ``ExportFallbackWarning`` saying why; asked for by nam
 runtime's failure is the error.
 
 Preprocessing is the nets' own: raw BGR 0..255, resized with ``cv2.INTER_LINEAR`` to the model's
-input height x width (read from the model), no mean or scale (the net normalises its input).
+input height x width (read from the model), no mean or scale (the net normalises its input). An export for another input convention
+(``tools/export.py --input rgb-imagenet``) says so in its metadata, and its backend converts the
+raw BGR blob to it (``rmnet.deploy.backends``): callers never change.
 Crops whose aspect ratio is more than ``max_aspect_change`` (2) times off the input's, which
 ``tools/eval_market.py`` refuses as not pedestrian boxes, are embedded all the same, but the first
 call that meets any gives one ``AspectRatioWarning`` naming how many and the expected ratio (once

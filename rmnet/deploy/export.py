@@ -26,6 +26,16 @@ absolute terms while agreeing to ~1e-7 of its scale; an absolute check would rej
 export there. Small outputs keep the absolute bound (a relative one would tighten it to nothing
 near zero). ``check="absolute"`` or ``"relative"`` applies the tolerance to one of the two alone.
 
+Trackers' conventions (``rmnet.deploy.conventions``): ``input="rgb-imagenet"`` exports a model
+that takes RGB ``(x / 255 - mean) / std`` (ImageNet) instead of raw BGR 0..255, the adapter
+folded into the net's own input normalisation and first convolution (no operation added);
+``normalize=True`` makes the output ``[N, D]`` with each row L2-normalised (named
+``descriptor``). The batch axis is dynamic in both files. The check then feeds each runtime's backend the
+same raw BGR batch pycaffe gets (the backend converts it to the convention its file names), and compares with pycaffe's
+descriptors (L2-normalised first when the export normalises). The convention, mean, std, input
+size and output are written into the ONNX ``metadata_props`` and the IR's ``rt_info``
+(``rmnet.*`` keys, see ``conventions.metadata``).
+
 ``random_caffemodel()`` writes a caffemodel with random but sensible weights (the BatchNorm
 statistics of a fresh ``caffe.Net`` are all zero, factor included) for tests and benchmarks.
 """
@@ -45,8 +55,10 @@ from rmnet.atomic import atomic_path, exclusive_lock, write_bytes
 from rmnet.caffe import caffemodel
 from rmnet.caffe.pycaffe import import_caffe, save_net, without_no_gpu_noise
 from rmnet.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend, PycaffeBackend, runtime_available
+from rmnet.deploy.conventions import DEFAULT, adapt_graph, convention, metadata
 from rmnet.deploy.graph import ExportError, load_graph
-from rmnet.deploy.onnx import to_onnx
+from rmnet.deploy.onnx import NORMALIZED_OUTPUT, to_onnx
+from rmnet.eval.metrics import l2_normalize
 
 DEFAULT_TOLERANCE = 1e-4  # max abs difference of FP32 descriptors (x max(1, max |output|))
 CHECKS = ("scaled", "absolute", "relative")   # what the tolerance bounds (see the module doc)
@@ -120,7 +132,10 @@ class ExportReport:
     max_abs_ref: float = 0.0                                        # max |pycaffe output|
     tolerance: float = DEFAULT_TOLERANCE
     check: str = "scaled"      # one of CHECKS: what the tolerance bounds
-    folded: int = 0            # BN/Scale layers folded into convolutions
+    folded: int = 0            # BatchNorm/Scale layers folded into convolutions
+    convention: str = DEFAULT  # input convention (rmnet.deploy.conventions)
+    normalized: bool = False   # output [N, D] with L2-normalised rows
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def relative(self) -> bool:
@@ -139,8 +154,10 @@ class ExportReport:
         return all(self.measure(d) <= self.tolerance for d in self.max_abs_diff.values())
 
     def lines(self) -> list[str]:
-        out = [f"input {self.input_hw[0]}x{self.input_hw[1]} raw BGR, output {self.output!r}; "
-               f"{self.folded} BatchNorm/Scale layers folded into convolutions",
+        out = [f"input {self.input_hw[0]}x{self.input_hw[1]} "
+               f"{convention(self.convention).describe()}, output {self.output!r}"
+               + (" (rows L2-normalised)" if self.normalized else "")
+               + f"; {self.folded} BatchNorm/Scale layers folded into convolutions",
                f"check on {self.images} against pycaffe (max |output| {self.max_abs_ref:.4g}):"]
         kind = {"scaled": "tolerance x max(1, max |output|)", "absolute": "absolute tolerance",
                 "relative": "relative tolerance"}[self.check]
@@ -159,12 +176,15 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
            *, name: str | None = None, openvino: bool = True,
            images: str | os.PathLike | None = None, tolerance: float = DEFAULT_TOLERANCE,
            relative: bool = False, check: str = "scaled",
-           n_images: int = CHECK_IMAGES) -> ExportReport:
+           n_images: int = CHECK_IMAGES, input: str = DEFAULT,
+           normalize: bool = False) -> ExportReport:
     """Export and verify (see the module doc); returns the report, raises on a failed check.
 
     ``check``: what ``tolerance`` bounds, one of CHECKS (default scale-aware, see the module
-    doc); ``relative=True`` is ``check="relative"``.
+    doc); ``relative=True`` is ``check="relative"``. ``input``: the input convention
+    (``rmnet.deploy.conventions.CONVENTIONS``); ``normalize``: L2-normalised ``[N, D]`` output.
     """
+    convention(input)                          # an unknown name before anything else
     check = "relative" if relative else check
     if check not in CHECKS:
         raise ValueError(f"check must be one of {', '.join(CHECKS)}, got {check!r}")
@@ -176,13 +196,21 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
     name = name or weights.stem
     h, w = g.input_hw
     blob, source = check_images(images, h, w, n_images)
-    report = ExportReport(str(prototxt), str(weights), output=g.outputs[0], input_hw=(h, w),
+    adapt_graph(g, input)
+    output = NORMALIZED_OUTPUT if normalize else g.outputs[0]
+    dim = int(np.prod(g.shapes[g.outputs[0]][1:]))
+    props = metadata(input, (h, w), output, dim, normalize)
+    report = ExportReport(str(prototxt), str(weights), output=output, input_hw=(h, w),
                           images=source, tolerance=tolerance, check=check,
-                          folded=g.folded_into_convolutions)
+                          folded=g.folded_into_convolutions, convention=input,
+                          normalized=normalize, metadata=props)
     doc = (f"Exported by rmnet.deploy.export from {prototxt.name} + {weights.name} "
-           f"(caffemodel sha256 {caffemodel.sha256_file(weights)[:16]})")
-    model = to_onnx(g, doc)
+           f"(caffemodel sha256 {caffemodel.sha256_file(weights)[:16]}); input "
+           f"{convention(input).describe()}")
+    model = to_onnx(g, doc, normalize=normalize, props=props)
     ref = caffe_forward(prototxt, weights, blob)
+    if normalize:
+        ref = l2_normalize(ref)
     report.max_abs_ref = float(np.abs(ref).max())
 
     created = not out_dir.exists()
@@ -214,7 +242,10 @@ def _write_checked(model, blob, ref, report, prototxt, weights, out_dir, name, o
             import openvino as ov
 
             xml_tmp = stage / f"{name}.xml"
-            save_ir_files(ov.convert_model(str(onnx_tmp)), xml_tmp)
+            ir = ov.convert_model(str(onnx_tmp))
+            for key, value in report.metadata.items():   # read back with get_rt_info
+                ir.set_rt_info(value, key.split("."))
+            save_ir_files(ir, xml_tmp)
             got = OpenVINOBackend(xml_tmp).infer(blob)
             report.max_abs_diff["openvino"] = _max_diff(ref, got)
         if not report.max_abs_diff:
