@@ -62,7 +62,7 @@ class TrackConfig:
     max_cosine_distance: float = 0.3   # DeepSort's appearance gate
     max_iou_distance: float = 0.7
     nn_budget: int = 100               # descriptors kept per track for the gate
-    link_threshold: float = 0.85       # cosine similarity to take a gallery identity
+    link_threshold: float = 0.65       # cosine similarity to take a gallery identity
     min_detections: int = 8            # descriptors averaged before a track is linked
     refresh: int = 25                  # re-add the track's mean every this many descriptors
     overlapping_views: bool = False    # may one person be in two cameras' views at once?
