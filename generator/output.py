@@ -18,9 +18,14 @@ SOLVER_NAMES = {"light": "market", "strong": "market_strong"}
 COMMITTED = ("light", "strong", "light_relu")
 
 
+# Recipes rendered by their own tools into each run folder (tools/train.py --finetune,
+# tools/finetune.py): neither committed nor a Table 2 row.
+RECIPES = ("finetune",)
+
+
 def ablation_variants() -> list[str]:
     """The variants that are not committed: the Table 2 rows."""
-    return [v for v in list_variants() if v not in COMMITTED]
+    return [v for v in list_variants() if v not in COMMITTED and v not in RECIPES]
 
 
 def solver_name(variant: str) -> str:

@@ -138,15 +138,31 @@ def test_refuses_an_output_folder_with_something_in_it(tmp_path):
 def start_model(dataset, tmp_path_factory) -> tuple[Path, Path]:
     """A tiny deploy net and a caffemodel trained for a moment on the synthetic people: a model
     that scores well above chance, to fine-tune."""
-    run = tmp_path_factory.mktemp("start")
+    return _trained(dataset, tmp_path_factory.mktemp("start"), 40)
+
+
+@pytest.fixture(scope="module")
+def oracle_model(dataset, tmp_path_factory) -> tuple[Path, Path]:
+    """A model trained on the test identities themselves (a folder linking the test split's
+    images as a training split): it scores near the top on the test split, so fine-tuning it
+    on the other identities, too fast, can only lose."""
+    from training.finetune_loop import link_split
+    ds = load_dataset(dataset)
+    tests = [r for r in ds.query + ds.gallery if r.pid > 0]
+    root = link_split(tmp_path_factory.mktemp("oracle") / "market", tests, ds.query,
+                      [r for r in ds.gallery if r.pid > 0])
+    return _trained(root, tmp_path_factory.mktemp("oracle_run"), 60)
+
+
+def _trained(root: Path, run: Path, iters: int) -> tuple[Path, Path]:
     extra = {k: dict(v) for k, v in TINY.items()}
-    extra["solver"].update(snapshot=40, stepsize=1000)
-    paths = prepare_run("t2_1_am_softmax", dataset, run, 40, batch_size=12, extra=extra,
+    extra["solver"].update(snapshot=iters, stepsize=1000)
+    paths = prepare_run("t2_1_am_softmax", root, run, iters, batch_size=12, extra=extra,
                         log=lambda m: None)
     init_weights(paths["deploy"], run / "init.caffemodel", seed=0, log=lambda m: None)
     run_caffe_train(paths["solver"], run / "train.log", weights=str(run / "init.caffemodel"),
-                    max_iter=40, echo=lambda m: None)
-    return paths["deploy"], paths["snapshots"] / "t2_1_am_softmax_iter_40.caffemodel"
+                    max_iter=iters, echo=lambda m: None)
+    return paths["deploy"], paths["snapshots"] / f"t2_1_am_softmax_iter_{iters}.caffemodel"
 
 
 def finetune_cli(dataset, out, start, *extra) -> int:
@@ -191,11 +207,12 @@ def test_finetune_command_exports_the_chosen_snapshot(dataset, tmp_path, start_m
 
 
 def test_finetune_command_exits_non_zero_when_the_test_score_drops(dataset, tmp_path,
-                                                                    start_model, capsys):
-    # a learning rate far too high, no freeze stage: the model is wrecked, and says so
+                                                                    oracle_model, capsys):
+    # a model that knows the test identities, fine-tuned on others at a learning rate far too
+    # high with no freeze stage: it loses on the test split, and says so
     out = tmp_path / "out"
-    code = finetune_cli(dataset, out, start_model, "--iters", "4", "--snapshot-every", "2",
-                        "--freeze-backbone-iters", "0", "--warmup-iters", "0", "--lr", "3",
+    code = finetune_cli(dataset, out, oracle_model, "--iters", "4", "--snapshot-every", "2",
+                        "--freeze-backbone-iters", "0", "--warmup-iters", "0", "--lr", "0.5",
                         "--batchnorm", "batch")
     report = json.loads((out / "finetune.json").read_text())
     assert report["worse"] and report["after"]["test"]["mAP"] < report["before"]["test"]["mAP"]

@@ -47,9 +47,10 @@ class FinetuneError(TrainingError):
 def carve_validation(ds: Dataset, num_ids: int, seed: int = 0
                      ) -> tuple[list[Record], list[Record], list[Record]]:
     """(train, val query, val gallery) from ``ds.train``: ``num_ids`` identities, drawn with
-    ``seed`` among those seen by at least two cameras, leave the training set; of each, one
-    image per camera (the first of a seeded shuffle) is a query and the others the gallery, so
-    every query has a match on another camera (the Market-1501 protocol scores only those)."""
+    ``seed`` among those seen by at least two cameras, leave the training set; of each, up to
+    two images on distinct cameras (in a seeded shuffle) are queries and the others the
+    gallery, a query only while the gallery keeps an image of that identity on another camera
+    (the Market-1501 protocol scores only such queries)."""
     by_pid: dict[int, list[Record]] = {}
     for r in ds.train:
         by_pid.setdefault(r.pid, []).append(r)
@@ -66,10 +67,14 @@ def carve_validation(ds: Dataset, num_ids: int, seed: int = 0
     query, gallery = [], []
     for pid in sorted(val):
         records = [by_pid[pid][i] for i in rng.permutation(len(by_pid[pid]))]
-        seen: set[int] = set()
-        for r in records:
-            (gallery if r.camid in seen else query).append(r)
-            seen.add(r.camid)
+        mine: list[Record] = []
+        for r in records:     # up to 2 queries, on distinct cameras, each keeping a match
+            rest = [g for g in records if g not in mine and g is not r]
+            if (len(mine) < 2 and all(q.camid != r.camid for q in mine)
+                    and all(any(g.camid != q.camid for g in rest) for q in mine + [r])):
+                mine.append(r)
+        query += mine
+        gallery += [r for r in records if r not in mine]
     return train, query, gallery
 
 
