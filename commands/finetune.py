@@ -39,7 +39,7 @@ from pathlib import Path
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 from commands.errors import command  # noqa: E402
-from training.finetune import FinetuneSettings  # noqa: E402
+from training.finetune import add_recipe_arguments, recipe_settings  # noqa: E402
 
 EXIT_WORSE = 1
 
@@ -66,39 +66,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="images for the export check (default: synthetic crops)")
     ft = ap.add_argument_group("the recipe (defaults: generator/variants/finetune.json)")
     ft.add_argument("--iters", type=int, help="iterations with every layer training")
-    ft.add_argument("--lr", type=float, help="their learning rate (after the warm-up)")
-    ft.add_argument("--warmup-iters", type=int, help="warm-up to --lr")
-    ft.add_argument("--freeze-backbone-iters", type=int,
-                    help="iterations before, training only the open layers (0: none)")
-    ft.add_argument("--head-lr", type=float, help="their fixed learning rate")
-    ft.add_argument("--open-layers", help="comma-separated layer-name patterns trained while "
-                    "the backbone is frozen (default: loss/*,calibration)")
-    ft.add_argument("--batchnorm", choices=("keep", "batch"),
-                    help="keep the model's BatchNorm statistics, or use batch statistics")
-    ft.add_argument("--dropout", type=float, help="dropout ratio (0: off)")
-    ft.add_argument("--mining", choices=("on", "off"), help="weighted hard-sample mining")
-    ft.add_argument("--snapshot-every", type=int, help="validation points every N iterations")
-    ft.add_argument("--no-imprint", action="store_true",
-                    help="start the new classifier and centres at random, not at the model's "
-                         "mean descriptor of each training identity")
+    add_recipe_arguments(ft)
     args = ap.parse_args(argv)
-    for name in ("iters", "warmup_iters", "freeze_backbone_iters", "snapshot_every",
-                 "batch_size", "val_ids"):
-        v = getattr(args, name)
-        if v is not None and v < (0 if name in ("warmup_iters", "freeze_backbone_iters") else 1):
-            ap.error(f"--{name.replace('_', '-')}: {v} is out of range")
-    for name in ("lr", "head_lr"):
-        if getattr(args, name) is not None and not getattr(args, name) > 0:
-            ap.error(f"--{name.replace('_', '-')} must be > 0")
-    if args.dropout is not None and not 0 <= args.dropout < 1:
-        ap.error("--dropout must be in [0, 1)")
-    settings = FinetuneSettings(
-        iters=args.iters, lr=args.lr, warmup_iters=args.warmup_iters,
-        freeze_backbone_iters=args.freeze_backbone_iters, head_lr=args.head_lr,
-        open_layers=[p for p in args.open_layers.split(",") if p] if args.open_layers else None,
-        batchnorm=args.batchnorm, dropout=args.dropout,
-        mining=None if args.mining is None else args.mining == "on",
-        snapshot_every=args.snapshot_every, imprint=not args.no_imprint)
+    if args.batch_size is not None and args.batch_size < 1 or (args.val_ids is not None
+                                                                and args.val_ids < 2):
+        ap.error("--batch-size must be >= 1 and --val-ids >= 2")
+    settings = recipe_settings(args, ap.error)
     from rmnet.config import ConfigError
     from rmnet.data.images import ImageError
     from rmnet.data.market import DatasetError

@@ -59,8 +59,9 @@ from rmnet.atomic import check_output  # noqa: E402
 from rmnet.caffe.protos import read_net  # noqa: E402
 from commands.errors import command  # noqa: E402
 from rmnet.data.datasets import FORMATS, split_list  # noqa: E402
-from training.finetune import (FinetuneSettings, finetune_overrides,  # noqa: E402
-                               keeps_batchnorm, run_stages)
+from training.finetune import (RECIPE_FLAGS, add_recipe_arguments,  # noqa: E402
+                               finetune_overrides, keeps_batchnorm, recipe_settings,
+                               run_stages)
 from training.run import (RunLock, TrainingError, TrainingInterrupted,  # noqa: E402
                              check_weights_fit, data_layer_config, init_weights, inspect_solver,
                              newest_usable_snapshot, prepare_run, run_caffe_train,
@@ -104,25 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --data and --from MODEL.caffemodel: fine-tune a trained model "
                          "(freeze stage, then everything at a low lr after a warm-up); "
                          "--iters is then the second stage's length, not a scaled schedule")
-    ft.add_argument("--lr", type=float, help="second stage's learning rate (base_lr)")
-    ft.add_argument("--warmup-iters", type=int,
-                    help="second stage's warm-up to --lr (fast-reid WARMUP_ITERS)")
-    ft.add_argument("--freeze-backbone-iters", type=int,
-                    help="first stage: iterations training only the open layers (fast-reid "
-                         "FREEZE_ITERS, torchreid fixbase_epoch); 0: no freeze stage")
-    ft.add_argument("--head-lr", type=float, help="first stage's fixed learning rate")
-    ft.add_argument("--open-layers",
-                    help="comma-separated layer-name patterns trained in the first stage "
-                         "(torchreid open_layers; default: loss/*,calibration)")
-    ft.add_argument("--batchnorm", choices=("keep", "batch"),
-                    help="keep: BatchNorm uses the model's stored statistics while training "
-                         "(use_global_stats); batch: batch statistics (un-folded first)")
-    ft.add_argument("--dropout", type=float, help="dropout ratio on the residual branches (0: off)")
-    ft.add_argument("--mining", choices=("on", "off"), help="weighted hard-sample mining")
-    ft.add_argument("--snapshot-every", type=int, help="second stage's snapshot interval")
-    ft.add_argument("--no-imprint", action="store_true",
-                    help="start the new classifier and centres at random, not at the model's "
-                         "mean descriptor of each training identity")
+    add_recipe_arguments(ft)
     dev = ap.add_mutually_exclusive_group()
     dev.add_argument("--gpu", metavar="N", help="train on CUDA device N")
     dev.add_argument("--gpus", metavar="LIST",
@@ -146,10 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(str(e))
         if args.gpu is not None and len(args.devices) != 1:
             ap.error("--gpu takes one device; --gpus takes a list")
-    knobs = ("lr", "warmup_iters", "freeze_backbone_iters", "head_lr", "open_layers",
-             "batchnorm", "dropout", "mining", "snapshot_every")
     if not args.finetune:
-        given = [f"--{n.replace('_', '-')}" for n in knobs if getattr(args, n) is not None]
+        given = [f"--{n.replace('_', '-')}" for n in RECIPE_FLAGS if getattr(args, n) is not None]
         given += ["--no-imprint"] if args.no_imprint else []
         if given:
             ap.error(f"{', '.join(given)} apply with --finetune")
@@ -162,16 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                      "start it again)")
         if args.variant == "light":
             args.variant = "finetune"
-        for n in ("warmup_iters", "freeze_backbone_iters"):
-            if getattr(args, n) is not None and getattr(args, n) < 0:
-                ap.error(f"--{n.replace('_', '-')} must be >= 0")
-        for n in ("lr", "head_lr"):
-            if getattr(args, n) is not None and not getattr(args, n) > 0:
-                ap.error(f"--{n.replace('_', '-')} must be > 0")
-        if args.dropout is not None and not 0 <= args.dropout < 1:
-            ap.error("--dropout must be in [0, 1)")
-        if args.snapshot_every is not None and args.snapshot_every < 1:
-            ap.error("--snapshot-every must be >= 1")
+        args.finetune_settings = recipe_settings(args, ap.error)
     check_output(args.run_dir, '--run-dir', folder=True)
     for name in ("iters", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -268,23 +240,12 @@ def _prepare(args, run_dir: Path) -> tuple[Path, dict]:
         return solver, {"solver": solver, "deploy": run_dir / "deploy.prototxt"}
     if args.finetune:
         paths = prepare_run(args.variant, args.data, run_dir, None, args.batch_size,
-                            extra=finetune_overrides(finetune_settings(args)),
+                            extra=finetune_overrides(args.finetune_settings),
                             format=args.formats, trainval=args.trainval)
         return paths["solver"], paths
     paths = prepare_run(args.variant, args.data, run_dir, args.iters, args.batch_size,
                         format=args.formats, trainval=args.trainval)
     return paths["solver"], paths
-
-
-def finetune_settings(args) -> "FinetuneSettings":
-    """The fine-tuning knobs given on the command line (None: the variant's)."""
-    return FinetuneSettings(
-        iters=args.iters, lr=args.lr, warmup_iters=args.warmup_iters,
-        freeze_backbone_iters=args.freeze_backbone_iters, head_lr=args.head_lr,
-        open_layers=split_list([args.open_layers]) if args.open_layers else None,
-        batchnorm=args.batchnorm, dropout=args.dropout,
-        mining=None if args.mining is None else args.mining == "on",
-        snapshot_every=args.snapshot_every)
 
 
 def rendered_settings(solver: Path, cwd: Path) -> dict:

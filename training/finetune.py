@@ -45,6 +45,60 @@ class FinetuneSettings:
     imprint: bool = True                      # classifier and centres from mean descriptors
 
 
+# The knobs as command-line flags, shared by tools/finetune.py and tools/train.py --finetune
+# (argparse dest -> FinetuneSettings field is the flag name with "_").
+RECIPE_FLAGS = ("lr", "warmup_iters", "freeze_backbone_iters", "head_lr", "open_layers",
+                "batchnorm", "dropout", "mining", "snapshot_every")
+
+
+def add_recipe_arguments(group) -> None:
+    """The recipe's flags (each overrides one setting of the ``finetune`` variant) on an
+    argparse parser or group; ``--iters`` is the caller's."""
+    group.add_argument("--lr", type=float,
+                       help="learning rate of the all-layers stage, after its warm-up")
+    group.add_argument("--warmup-iters", type=int,
+                       help="warm-up to --lr (fast-reid WARMUP_ITERS)")
+    group.add_argument("--freeze-backbone-iters", type=int,
+                       help="first stage: iterations training only the open layers (fast-reid "
+                            "FREEZE_ITERS, torchreid fixbase_epoch); 0: no freeze stage")
+    group.add_argument("--head-lr", type=float, help="the freeze stage's fixed learning rate")
+    group.add_argument("--open-layers",
+                       help="comma-separated layer-name patterns trained in the freeze stage "
+                            "(torchreid open_layers; default: loss/*,calibration)")
+    group.add_argument("--batchnorm", choices=("keep", "batch"),
+                       help="keep: BatchNorm uses the model's stored statistics while training "
+                            "(use_global_stats); batch: batch statistics (un-folded first)")
+    group.add_argument("--dropout", type=float,
+                       help="dropout ratio on the residual branches (0: off)")
+    group.add_argument("--mining", choices=("on", "off"), help="weighted hard-sample mining")
+    group.add_argument("--snapshot-every", type=int,
+                       help="snapshots (validation points) every N iterations")
+    group.add_argument("--no-imprint", action="store_true",
+                       help="start the new classifier and centres at random, not at the "
+                            "model's mean descriptor of each training identity")
+
+
+def recipe_settings(args, error: Callable[[str], None]) -> FinetuneSettings:
+    """FinetuneSettings from parsed recipe flags (and ``args.iters``); ``error`` (the parser's)
+    for a value out of range."""
+    for name in ("warmup_iters", "freeze_backbone_iters", "snapshot_every", "iters"):
+        v = getattr(args, name)
+        if v is not None and v < (1 if name in ("snapshot_every", "iters") else 0):
+            error(f"--{name.replace('_', '-')}: {v} is out of range")
+    for name in ("lr", "head_lr"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            error(f"--{name.replace('_', '-')} must be > 0")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        error("--dropout must be in [0, 1)")
+    return FinetuneSettings(
+        iters=args.iters, lr=args.lr, warmup_iters=args.warmup_iters,
+        freeze_backbone_iters=args.freeze_backbone_iters, head_lr=args.head_lr,
+        open_layers=[p for p in args.open_layers.split(",") if p] if args.open_layers else None,
+        batchnorm=args.batchnorm, dropout=args.dropout,
+        mining=None if args.mining is None else args.mining == "on",
+        snapshot_every=args.snapshot_every, imprint=not args.no_imprint)
+
+
 def finetune_overrides(s: FinetuneSettings) -> dict:
     """Config overrides (generator.load_variant's shape) for the ``finetune`` variant."""
     out: dict = {}
