@@ -219,3 +219,33 @@ def test_finetune_command_exits_non_zero_when_the_test_score_drops(dataset, tmp_
     assert code == 1
     captured = capsys.readouterr()
     assert "WORSE" in captured.out and "WORSE" in captured.err
+
+
+def test_train_finetune_runs_both_rendered_stages(dataset, tmp_path):
+    # tools/train.py --finetune: the run folder holds both solvers, and `caffe train` ran each
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    start = tmp_path / "start.caffemodel"
+    init_weights(REPO / "prototxt" / "light" / "deploy.prototxt", start, seed=1,
+                 log=lambda m: None)
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "--finetune",
+                        "--data", str(dataset), "--from", str(start), "--run-dir", str(run),
+                        "--iters", "2", "--freeze-backbone-iters", "2", "--snapshot-every", "2",
+                        "--warmup-iters", "1", "--batch-size", "12", "--lr", "0.002"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    for name in ("solver_freeze.prototxt", "train_freeze.prototxt", "solver.prototxt",
+                 "train_freeze.log", "train.log", "snapshots/finetune_freeze_iter_2.caffemodel",
+                 "snapshots/finetune_iter_2.caffemodel"):
+        assert (run / name).is_file(), name
+    assert "imprinting: 8 classes" in r.stdout
+    # the freeze stage started from the imported weights, unchanged in its frozen layers
+    a = read_caffemodel(start)["stem/conv"][0]
+    b = read_caffemodel(run / "snapshots" / "finetune_freeze_iter_2.caffemodel")["stem/conv"][0]
+    assert a.tobytes() == b.tobytes()
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "--data",
+                        str(dataset), "--lr", "0.1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--lr apply with --finetune" in r.stderr
