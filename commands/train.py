@@ -59,6 +59,9 @@ from rmnet.atomic import check_output  # noqa: E402
 from rmnet.caffe.protos import read_net  # noqa: E402
 from commands.errors import command  # noqa: E402
 from rmnet.data.datasets import FORMATS, split_list  # noqa: E402
+from training.finetune import (RECIPE_FLAGS, add_recipe_arguments,  # noqa: E402
+                               finetune_overrides, keeps_batchnorm, recipe_settings,
+                               run_stages)
 from training.run import (RunLock, TrainingError, TrainingInterrupted,  # noqa: E402
                              check_weights_fit, data_layer_config, init_weights, inspect_solver,
                              newest_usable_snapshot, prepare_run, run_caffe_train,
@@ -95,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                          "auto, " + ", ".join(FORMATS))
     ap.add_argument("--trainval", action="store_true",
                     help="with --data: MSMT17 trains on list_train + list_val")
+    ft = ap.add_argument_group(
+        "fine-tuning (--finetune: the 'finetune' variant's recipe, docs/finetuning.md; "
+        "each flag overrides one of its settings)")
+    ft.add_argument("--finetune", action="store_true",
+                    help="with --data and --from MODEL.caffemodel: fine-tune a trained model "
+                         "(freeze stage, then everything at a low lr after a warm-up); "
+                         "--iters is then the second stage's length, not a scaled schedule")
+    add_recipe_arguments(ft)
     dev = ap.add_mutually_exclusive_group()
     dev.add_argument("--gpu", metavar="N", help="train on CUDA device N")
     dev.add_argument("--gpus", metavar="LIST",
@@ -118,6 +129,21 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(str(e))
         if args.gpu is not None and len(args.devices) != 1:
             ap.error("--gpu takes one device; --gpus takes a list")
+    if not args.finetune:
+        given = [f"--{n.replace('_', '-')}" for n in RECIPE_FLAGS if getattr(args, n) is not None]
+        given += ["--no-imprint"] if args.no_imprint else []
+        if given:
+            ap.error(f"{', '.join(given)} apply with --finetune")
+    else:
+        if args.data is None or args.source is None:
+            ap.error("--finetune needs --data DIR and --from MODEL.caffemodel (the trained "
+                     "model; tools/import_openvino.py makes one from an OpenVINO IR)")
+        if args.resume:
+            ap.error("--resume does not apply with --finetune (a fine-tuning run is short: "
+                     "start it again)")
+        if args.variant == "light":
+            args.variant = "finetune"
+        args.finetune_settings = recipe_settings(args, ap.error)
     check_output(args.run_dir, '--run-dir', folder=True)
     for name in ("iters", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -212,6 +238,11 @@ def _prepare(args, run_dir: Path) -> tuple[Path, dict]:
                                 f"with another --run-dir)")
         print(f"train: continuing the run in {run_dir}")
         return solver, {"solver": solver, "deploy": run_dir / "deploy.prototxt"}
+    if args.finetune:
+        paths = prepare_run(args.variant, args.data, run_dir, None, args.batch_size,
+                            extra=finetune_overrides(args.finetune_settings),
+                            format=args.formats, trainval=args.trainval)
+        return paths["solver"], paths
     paths = prepare_run(args.variant, args.data, run_dir, args.iters, args.batch_size,
                         format=args.formats, trainval=args.trainval)
     return paths["solver"], paths
@@ -240,11 +271,20 @@ def _train(args, solver: Path, cwd: Path, info, prefix: Path, paths: dict | None
     if weights is None and snapshot is None and paths is not None:
         weights = Path(paths["solver"]).parent / "init.caffemodel"
         init_weights(paths["deploy"], weights, seed=args.seed, source=args.source)
-        if args.source is not None:   # an imported (BatchNorm-folded) model: un-fold it
+        if args.finetune and keeps_batchnorm(paths["train"]):
+            pass    # the stored statistics are used as they are: nothing to un-fold
+        elif args.source is not None:   # an imported (BatchNorm-folded) model: un-fold it
             from training.unfold import unfold_if_imported
             unfold_if_imported(paths["deploy"], weights, args.source,
                                lambda: imported_start_images(args), seed=args.seed,
                                log=lambda m: print(f"train: {m}"))
+        if args.finetune and not args.no_imprint:
+            from rmnet.data.datasets import load_train_sets
+            from training.finetune import images_by_label, imprint_classes
+            imprint_classes(paths["deploy"], weights,
+                            images_by_label(load_train_sets([str(d) for d in args.data],
+                                                            args.formats, args.trainval)),
+                            weights, seed=args.seed, log=lambda m: print(f"train: {m}"))
     if weights is not None:
         check_weights_fit(info.train_net, weights, phase="TRAIN")
     if snapshot is not None:
@@ -254,6 +294,17 @@ def _train(args, solver: Path, cwd: Path, info, prefix: Path, paths: dict | None
     log = (Path(solver).parent / "train.log" if paths is not None
            else prefix.parent / f"{prefix.name}.train.log")
     gpus = args.devices
+    if args.finetune:
+        freeze = paths.get("train_freeze")
+        freeze_iters = (inspect_solver(paths["solver_freeze"], cwd).max_iter
+                        if freeze is not None else 0)
+        if freeze is not None:
+            check_weights_fit(freeze, weights, phase="TRAIN")
+        run_stages(paths, weights, freeze_iters, info.max_iter,
+                   echo=lambda m: print(f"train: {m}"),
+                   gpu=gpus[0] if gpus else None)
+        print(f"train: done; snapshots: {info.snapshot_prefix}_iter_*.caffemodel")
+        return 0
     if gpus is not None and len(gpus) > 1:
         from training.multigpu import run_multi_gpu
         print(f"train: {len(gpus)} processes on GPUs {','.join(map(str, gpus))} over NCCL, "

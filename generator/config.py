@@ -71,6 +71,11 @@ def _optional(leaf):
     return (lambda v: v is None or check(v)), f"null or {desc}"
 
 
+def _str_list():
+    return ((lambda v: isinstance(v, list) and all(isinstance(s, str) and s for s in v)),
+            "a list of non-empty strings")
+
+
 def _stage_list():
     def check(v):
         if not isinstance(v, list) or not v:
@@ -116,6 +121,9 @@ SCHEMA: dict[str, Any] = {
         "smart_margins": _optional(((lambda v: isinstance(v, dict)), "an object")),
     },
     "hsm": {"enabled": _bool(), "weighted": _bool(), "rank_with_push": _bool()},
+    "batchnorm": {"use_global_stats": _bool()},
+    "freeze": {"iters": _int(0), "base_lr": _num(0.0, lo_open=True),
+               "open_layers": _str_list()},
     "data": FREE,
     "solver": {
         "base_lr": _num(0.0, lo_open=True),
@@ -130,6 +138,7 @@ SCHEMA: dict[str, Any] = {
         "snapshot": _int(0),
         "test_interval": _int(1),
         "test_iter": _int(1),
+        "warmup_iters": _int(0),
     },
 }
 
@@ -301,5 +310,8 @@ def _check_rules(cfg: dict, where: str) -> None:
         raise ConfigError(f"{where}: dropout.switch_off_iter {dropout['switch_off_iter']} is "
                           f"after solver.max_iter {solver['max_iter']}: dropout would never be "
                           f"switched off")
+    if solver["warmup_iters"] > solver["max_iter"]:
+        raise ConfigError(f"{where}: solver.warmup_iters {solver['warmup_iters']} is after "
+                          f"solver.max_iter {solver['max_iter']}")
     if "root" not in cfg["data"]:
         raise ConfigError(f"{where}: data.root (the Market-1501 folder) is not set")

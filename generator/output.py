@@ -18,9 +18,14 @@ SOLVER_NAMES = {"light": "market", "strong": "market_strong"}
 COMMITTED = ("light", "strong", "light_relu")
 
 
+# Recipes rendered by their own tools into each run folder (tools/train.py --finetune,
+# tools/finetune.py): neither committed nor a Table 2 row.
+RECIPES = ("finetune",)
+
+
 def ablation_variants() -> list[str]:
     """The variants that are not committed: the Table 2 rows."""
-    return [v for v in list_variants() if v not in COMMITTED]
+    return [v for v in list_variants() if v not in COMMITTED and v not in RECIPES]
 
 
 def solver_name(variant: str) -> str:
@@ -116,18 +121,30 @@ def write_run(variant: str, run_dir: Path, overrides: dict | None = None) -> dic
     """One self-contained training run: train/test/deploy nets and a solver in ``run_dir``,
     rendered with ``overrides`` (e.g. another dataset root, class count or schedule), all paths
     absolute so `caffe train -solver run_dir/solver.prototxt` works from anywhere. Snapshots go
-    to ``run_dir/snapshots/``. Returns {"train", "test", "deploy", "solver", "snapshots": path}."""
+    to ``run_dir/snapshots/``. Returns {"train", "test", "deploy", "solver", "snapshots": path}.
+
+    A config with a freeze stage (``freeze.iters`` > 0, fine-tuning) adds "train_freeze" and
+    "solver_freeze": run that solver first (from the imported caffemodel), then "solver" from
+    the caffemodel it ends with (``<variant>_freeze_iter_<freeze.iters>.caffemodel``)."""
+    from generator.config import load_variant
+
     run_dir = Path(run_dir).resolve()
     nets = {phase: render(variant, phase, overrides=overrides).text for phase in PHASES}
     snapshots = run_dir / "snapshots"
-    solver = render_solver(variant, net_dir=run_dir.as_posix(),
-                           snapshot_prefix=(snapshots / variant).as_posix(),
-                           overrides=overrides).text
+    prefix = (snapshots / variant).as_posix()
+    solvers = {"solver": render_solver(variant, net_dir=run_dir.as_posix(),
+                                       snapshot_prefix=prefix, overrides=overrides).text}
+    if load_variant(variant, overrides=overrides).config["freeze"]["iters"]:
+        nets["train_freeze"] = render(variant, "train", overrides=overrides, freeze=True).text
+        solvers["solver_freeze"] = render_solver(variant, net_dir=run_dir.as_posix(),
+                                                 snapshot_prefix=prefix, overrides=overrides,
+                                                 freeze=True).text
     snapshots.mkdir(parents=True, exist_ok=True)
-    paths = {phase: run_dir / f"{phase}.prototxt" for phase in PHASES}
+    paths = {phase: run_dir / f"{phase}.prototxt" for phase in nets}
     for phase, text in nets.items():
         write_atomic(paths[phase], text)
-    paths["solver"] = run_dir / "solver.prototxt"
-    write_atomic(paths["solver"], solver)
+    for name, text in solvers.items():
+        paths[name] = run_dir / f"{name}.prototxt"
+        write_atomic(paths[name], text)
     paths["snapshots"] = snapshots
     return paths

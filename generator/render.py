@@ -9,6 +9,7 @@ output is stable and deterministic.
 """
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
 import re
@@ -82,7 +83,37 @@ def environment(templates_dir: Path = TEMPLATES_DIR) -> jinja2.Environment:
                              lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters["param_str"] = _param_str
     env.globals["fail"] = _fail
+    env.globals.update(layer_training(None, freeze=False))   # every layer trained as usual
     return env
+
+
+# --- which layers train: the freeze stage and kept BatchNorm statistics --------------------
+
+def is_open(name: str, open_layers: list[str]) -> bool:
+    """Whether layer ``name`` trains during the freeze stage: it matches one of the
+    ``freeze.open_layers`` patterns (fnmatch, e.g. ``loss/*``), as torchreid's ``open_layers``
+    names the modules trained while the backbone is fixed."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in open_layers)
+
+
+def layer_training(cfg: dict | None, freeze: bool) -> dict:
+    """The template functions ``lr(layer)`` (its lr_mult) and ``global_stats(layer)`` (whether a
+    BatchNorm uses its stored statistics in training). In the freeze stage (``freeze``: the
+    train net of the first fine-tuning stage, fast-reid's FREEZE_ITERS) every layer not in
+    ``freeze.open_layers`` gets lr_mult 0 and stored BatchNorm statistics, so nothing of it
+    changes (torchreid puts the fixed modules in eval mode for the same reason); otherwise every
+    layer trains, and BatchNorm keeps its stored statistics when
+    ``batchnorm.use_global_stats`` says so (a short fine-tuning on few identities)."""
+    keep = bool(cfg and cfg["batchnorm"]["use_global_stats"])
+    open_layers = cfg["freeze"]["open_layers"] if cfg else []
+
+    def lr(name: str, mult: int = 1) -> int:
+        return 0 if freeze and not is_open(name, open_layers) else mult
+
+    def global_stats(name: str) -> bool:
+        return keep or (freeze and not is_open(name, open_layers))
+
+    return {"lr": lr, "global_stats": global_stats}
 
 
 # --- what the training parts need, derived from the config ---------------------------------
@@ -226,10 +257,13 @@ def header(variant: Variant, phase: str, output: str | None) -> str:
 
 
 def render(variant: str | Variant, phase: str, *, deploy_output: str | None = None,
-           overrides: dict | None = None, templates_dir: Path = TEMPLATES_DIR) -> RenderedNet:
+           overrides: dict | None = None, templates_dir: Path = TEMPLATES_DIR,
+           freeze: bool = False) -> RenderedNet:
     """Render one net of a variant; GenerationError if the templates produce anything Caffe
     would not parse. ``deploy_output`` (deploy only) overrides the variant's deploy.output;
-    ``overrides`` is merged into the variant's config (see config.load_variant)."""
+    ``overrides`` is merged into the variant's config (see config.load_variant). ``freeze``
+    (train only): the freeze-stage train net, every layer but ``freeze.open_layers`` fixed and
+    without dropout (``layer_training``)."""
     if isinstance(variant, str):
         variant = load_variant(variant, overrides=overrides)
     elif overrides:
@@ -244,10 +278,16 @@ def render(variant: str | Variant, phase: str, *, deploy_output: str | None = No
             raise ValueError(f"deploy output must be one of {OUTPUTS}, got {output!r}")
     elif deploy_output is not None:
         raise ValueError("deploy_output applies to the deploy net only")
+    if freeze and phase != "train":
+        raise ValueError("freeze applies to the train net only")
     plan = build_plan(cfg, where=str(variant.path))
-    what = f"variant {variant.name!r} ({variant.path}), {phase} net"
+    what = f"variant {variant.name!r} ({variant.path}), {phase} net" + (" (freeze stage)"
+                                                                        if freeze else "")
+    if freeze:   # the fixed backbone runs as in evaluation: no dropout
+        cfg = dict(cfg, dropout=dict(cfg["dropout"], enabled=False))
     context = {
-        "net_name": f"rmnet_{variant.name}_{phase}",
+        "net_name": f"rmnet_{variant.name}_{phase}" + ("_freeze" if freeze else ""),
+        **layer_training(cfg, freeze),
         "cfg": cfg,
         "plan": plan,
         "training": training_context(cfg),
@@ -282,11 +322,13 @@ class RenderedSolver:
 
 def render_solver(variant: str | Variant, *, net_dir: str | None = None,
                   snapshot_prefix: str | None = None, overrides: dict | None = None,
-                  templates_dir: Path = TEMPLATES_DIR) -> RenderedSolver:
+                  templates_dir: Path = TEMPLATES_DIR, freeze: bool = False) -> RenderedSolver:
     """Render a variant's solver. ``net_dir`` is where its train/test nets are, as a path the
     ``caffe train`` command will resolve (default ``prototxt/<variant>``, relative to the repo
     root, as in the committed files);
-    ``snapshot_prefix`` defaults to ``snapshots/<variant>``."""
+    ``snapshot_prefix`` defaults to ``snapshots/<variant>``. ``freeze``: the freeze stage's
+    solver (train net ``train_freeze.prototxt``, ``freeze.iters`` iterations at the fixed
+    ``freeze.base_lr``, one snapshot at its end, prefix ``<variant>_freeze``)."""
     from caffe.proto import caffe_pb2
 
     if isinstance(variant, str):
@@ -296,12 +338,17 @@ def render_solver(variant: str | Variant, *, net_dir: str | None = None,
     cfg = variant.config
     what = f"variant {variant.name!r} ({variant.path}), solver"
     net_dir = (net_dir or f"prototxt/{variant.name}").rstrip("/")
+    if freeze and not cfg["freeze"]["iters"]:
+        raise GenerationError(f"{what}: a freeze-stage solver needs freeze.iters > 0")
+    prefix = snapshot_prefix or f"snapshots/{variant.name}"
     context = {
         "s": cfg["solver"],
+        "f": cfg["freeze"],
+        "freeze": freeze,
         "seed": cfg["seed"],
-        "train_net": f"{net_dir}/train.prototxt",
+        "train_net": f"{net_dir}/train{'_freeze' if freeze else ''}.prototxt",
         "test_net": f"{net_dir}/test.prototxt",
-        "snapshot_prefix": snapshot_prefix or f"snapshots/{variant.name}",
+        "snapshot_prefix": prefix + ("_freeze" if freeze else ""),
     }
     try:
         rendered = environment(templates_dir).get_template("solver.prototxt.j2").render(**context)

@@ -532,7 +532,7 @@ def test_invalid_json_names_file_and_line(tmp_path):
 
 
 def test_shipped_variants_are_all_valid():
-    assert set(TABLE2) | {"light", "strong", "light_relu"} == set(VARIANTS)
+    assert set(TABLE2) | {"light", "strong", "light_relu", "finetune"} == set(VARIANTS)
     for v in VARIANTS:
         load_variant(v)
 
