@@ -260,7 +260,8 @@ verify_source() {
 
 step_caffe_source() {
   if verify_source "$SRC_DIR" >/dev/null 2>&1; then verify_source "$SRC_DIR"; return 0; fi
-  exec 8>"$SRC_DIR.lock"          # one download at a time (see step_caffe_build)
+  mkdir -p "$CACHE/locks"
+  exec 8>"$CACHE/locks/$(basename "$SRC_DIR").lock"   # one download at a time (see step_caffe_build)
   flock 8
   if verify_source "$SRC_DIR" >/dev/null 2>&1; then verify_source "$SRC_DIR"; return 0; fi
   local mirror apt_opts
@@ -341,7 +342,8 @@ step_caffe_build() {
   # One build per prefix at a time: a second setup (another clone or worktree sharing the
   # cache) waits here, then takes the finished build instead of removing the build folder
   # under the first. The lock is released when this step's subshell exits.
-  exec 8>"$prefix.lock"
+  mkdir -p "$CACHE/locks"
+  exec 8>"$CACHE/locks/$(basename "$prefix").lock"
   if ! flock -n 8; then
     progress "another setup is building $prefix: waiting for it"
     flock 8
