@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from rmnet.data.datasets import load_dataset
     from rmnet.data.market import DatasetError
     from training.run import RunLock, TrainingError
+    given = None
     try:
         if args.data is not None:   # an evaluation set: refused before the lock writes anything
             given = load_dataset(args.data.resolve(), args.format)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise DatasetError(untrainable(given))
         # one demo (or `tools/train.py --run-dir <out>/run`) at a time in an --out folder
         with RunLock(args.out.resolve() / "run" / ".train.lock"):
-            return run(args)
+            return run(args, given)
     except (TrainingError, DatasetError) as e:
         print(f"demo: {e}", file=sys.stderr)
         return 2
@@ -126,8 +127,9 @@ def untrainable(dataset) -> str:
             "; or train on another set and score on this one with --test-data")
 
 
-def run(args: argparse.Namespace) -> int:
-    """The demo's five steps (module doc) for the parsed command line, under the run's lock."""
+def run(args: argparse.Namespace, given=None) -> int:
+    """The demo's five steps (module doc) for the parsed command line, under the run's lock;
+    ``given``: the ``--data`` dataset, already read and checked to have a training split."""
     from generator import ConfigError
     from rmnet.atomic import atomic_write_text
     from rmnet.data.datasets import load_dataset
@@ -141,10 +143,7 @@ def run(args: argparse.Namespace) -> int:
         print("[1/5] dataset", flush=True)
         if args.data is not None:
             root = args.data.resolve()
-            given = load_dataset(root, args.format)
             print("  " + given.summary())
-            if not given.has_train:     # before anything is rendered or written
-                raise DatasetError(untrainable(given))
         else:
             from rmnet.data.synthetic import SyntheticConfig, generate
             root = out / "synthetic"
@@ -160,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             test = load_dataset(args.test_data.resolve(), args.test_format)
             print("  scored on " + test.summary())
         else:
-            test = load_dataset(root, fmt)
+            test = given if given is not None else load_dataset(root, fmt)
 
         print("[2/5] nets, solver and initial weights", flush=True)
         paths = prepare_run("light", root, out / "run", args.iters, args.batch_size, format=fmt)
