@@ -1,7 +1,9 @@
 # RMNet in Caffe: the commands the README shows.
 #   make setup         Debian packages, Caffe built from source (cached), .venv wired to it
-#   make setup GPU=1   the same Caffe built with CUDA 11.8 + NCCL (cached), into .venv-gpu; with
-#                      GPU=1 every target below uses .venv-gpu (the CPU build stays the default)
+#   make setup GPU=1   the same Caffe built with CUDA + NCCL (cached), into .venv-gpu; with GPU=1
+#                      every target below uses .venv-gpu (the CPU build stays the default).
+#                      CUDA=wheels|debian|/path/to/toolkit picks the toolkit (docs/gpus.md;
+#                      default: by the NVIDIA driver, else NVIDIA's CUDA 13 wheels)
 #   make test          setup if needed, then the whole test suite
 #   make demo          the main job: synthetic dataset, train the light RMNet, evaluate (~10 min)
 #                      make demo DATA=/path/to/dataset [FORMAT=msmt17|cuhk03-labeled|...] ITERS=N
@@ -15,6 +17,7 @@
 
 SHELL := /bin/bash
 GPU ?=
+CUDA ?=
 VENV := $(if $(filter 1,$(GPU)),.venv-gpu,.venv)
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
@@ -25,7 +28,7 @@ FORMAT ?=
 .PHONY: setup test demo train prototxt ablations docker-check docker-check-gpu gpu-check
 
 setup:
-	@bash scripts/setup.sh $(if $(filter 1,$(GPU)),--gpu)
+	@$(if $(CUDA),RMNET_CUDA="$(CUDA)" )bash scripts/setup.sh $(if $(filter 1,$(GPU)),--gpu)
 
 test: setup
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)

@@ -16,13 +16,16 @@
 #   5. wire              .venv sees caffe: a .pth file for `import caffe`, and .venv/bin/caffe.
 #
 # With --gpu (`make setup GPU=1`) the same Caffe is built with CUDA into .venv-gpu (the CPU
-# build and .venv stay as they are and stay the default); scripts/caffe/cuda.env pins the
-# toolchain. Extra steps: "cuda toolkit" (Debian bookworm non-free's nvidia-cuda-toolkit 11.8
-# and g++-11, installed with apt-get through a private sources list and lists directory; the
-# system's apt configuration is not touched) and "nccl" (NVIDIA's nvidia-nccl-cu11 wheel,
-# checked against its pinned SHA-256); the build step adds the CUDA flags, is cached under its
-# own key (toolkit version, architectures, NCCL version included) and checks the fat binary
-# with cuobjdump before installing it.
+# build and .venv stay as they are and stay the default). The toolkit is a choice, pinned in
+# scripts/caffe/cuda.env (RMNET_CUDA, the Makefile's CUDA=): `wheels` (NVIDIA's CUDA 13.0 wheels
+# from PyPI, checked against their SHA-256s and unpacked into the cache), `debian` (bookworm
+# non-free's CUDA 11.8 and g++-11, installed with apt-get through a private sources list and
+# lists directory; the system's apt configuration is not touched; NCCL from NVIDIA's
+# nvidia-nccl-cu11 wheel) or a toolkit folder (CUDA_HOME; NCCL from it or from NVIDIA's wheel for
+# its major version). Unset, it follows the driver nvidia-smi reports (580+: wheels; 520-579:
+# debian; none visible: wheels). Extra steps: "cuda toolkit" and "nccl"; the build step adds the
+# CUDA flags, is cached under its own key (toolkit, host compiler, architectures, NCCL) and
+# checks the fat binary with cuobjdump before installing it.
 #
 # Environment (all optional):
 #   RMNET_CACHE    build cache root      (default: ${XDG_CACHE_HOME:-$HOME/.cache}/rmnet)
@@ -30,15 +33,19 @@
 #   RMNET_JOBS     parallel build jobs   (default: nproc)
 #   RMNET_DEBIAN_MIRROR  Debian mirror for the source package (default: the one apt already uses)
 #   RMNET_SETUP_LOGS     where step logs go (default: <repo>/.setup-logs)
-#   RMNET_CUDA_ARCH_BIN  with --gpu: compute capabilities (default in scripts/caffe/cuda.env)
-#   RMNET_CUDA_ARCH_PTX  with --gpu: PTX kept for newer GPUs (default in scripts/caffe/cuda.env)
+#   RMNET_CUDA     with --gpu: the toolkit, wheels | debian | a toolkit folder (default: see above)
+#   CUDA_HOME      with --gpu and RMNET_CUDA unset: the toolkit folder to use
+#   RMNET_CUDA_ARCH_BIN  with --gpu: compute capabilities (default by toolkit in scripts/caffe/cuda.env)
+#   RMNET_CUDA_ARCH_PTX  with --gpu: PTX kept for newer GPUs (default by toolkit, the same file)
+#   RMNET_CUDA_HOST_COMPILER  with --gpu: nvcc's host compiler (default: g++-11 for CUDA 11, else g++)
 #
 # `scripts/setup.sh --verify-source DIR` only checks a downloaded source package in DIR;
 # `scripts/setup.sh --stock-caffe` builds (or finds in the cache) Caffe with only the patches it
 # needs to build (STOCK_PATCHES) and Debian's default OpenBLAS, for benchmarks against the
 # project's build; it does not touch the venv's wiring and prints the build's prefix last;
 # `scripts/setup.sh [--gpu] --print-cmake-flags` prints the CMake flags a build would use;
-# `--print-cuda-apt-sources` the private sources list of the toolkit's install, and
+# `--gpu --print-cuda` the toolkit choice (route, version, folder, why, architectures);
+# `--print-cuda-apt-sources` the private sources list of the debian route's install, and
 # `--verify-fatbin LIB` checks a CUDA library's device code as the build does.
 #
 # On failure it prints one line naming the step and the log file to read, and exits non-zero.
@@ -104,22 +111,126 @@ CAFFE_GTESTS=convolution_layer,depthwise_convolution_layer,batch_norm_layer,scal
 STOCK_PATCHES=(0001-protobuf-SetTotalBytesLimit-one-argument.patch)
 STOCK=0
 
-# The CUDA build: CMAKE_FLAGS, then these (CMake keeps the last value of a repeated -D).
-# Part of the CUDA build's cache key. PATH_FOR_CUDA: nvcc 11.8 runs ptxas, fatbinary and
-# cudafe++ by bare name, so another CUDA toolchain earlier on PATH (e.g. /usr/local/bin)
-# would silently be mixed in; configure and build with Debian's /usr/bin first.
-CUDA_ARCH_BIN=${RMNET_CUDA_ARCH_BIN:-$CUDA_ARCH_BIN}
-CUDA_ARCH_PTX=${RMNET_CUDA_ARCH_PTX:-$CUDA_ARCH_PTX}
-NCCL_DIR=$CACHE/downloads/$NCCL_WHEEL-$NCCL_VERSION
-GPU_CMAKE_FLAGS=(
-  -DCPU_ONLY=OFF -DUSE_CUDNN=OFF -DUSE_NCCL=ON
-  -DCUDA_ARCH_NAME=Manual "-DCUDA_ARCH_BIN=$CUDA_ARCH_BIN" "-DCUDA_ARCH_PTX=$CUDA_ARCH_PTX"
-  -DCUDA_TOOLKIT_ROOT_DIR=/usr -DCUDA_NVCC_EXECUTABLE=/usr/bin/nvcc
-  "-DCUDA_HOST_COMPILER=$CUDA_HOST_COMPILER"
-  "-DNCCL_INCLUDE_DIR=$NCCL_DIR/nvidia/nccl/include"
-  "-DNCCL_LIBRARIES=$NCCL_DIR/nvidia/nccl/lib/libnccl.so.2"
-)
-PATH_FOR_CUDA=/usr/bin:/bin:/usr/sbin:/sbin
+# The CUDA build: CMAKE_FLAGS, then gpu_cmake_flags (CMake keeps the last value of a repeated
+# -D), for the toolkit resolve_cuda chose; part of the CUDA build's cache key.
+
+# nvcc_release NVCC: "11.8", "13.0", ... from `nvcc --version`.
+nvcc_release() { "$1" --version 2>/dev/null | grep -o 'release [0-9]*\.[0-9]*' | cut -d' ' -f2; }
+
+driver_version() {
+  command -v nvidia-smi >/dev/null 2>&1 || return 0
+  nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' '
+}
+
+# The compute capabilities a toolkit release builds by default (cuda.env's ARCH_* lists).
+default_arch() {
+  local v=$1 major minor
+  major=${v%%.*}; minor=${v#*.}
+  case $major in
+    11) echo "$ARCH_BIN_CUDA11|$ARCH_PTX_CUDA11" ;;
+    12) if [ "$minor" -ge 8 ]; then echo "$ARCH_BIN_CUDA12_8|$ARCH_PTX_CUDA12_8"
+        else echo "$ARCH_BIN_CUDA12|$ARCH_PTX_CUDA12"; fi ;;
+    *) echo "$ARCH_BIN_CUDA13|$ARCH_PTX_CUDA13" ;;
+  esac
+}
+
+# resolve_cuda: which toolkit this --gpu build uses (see scripts/caffe/cuda.env). Sets
+# CUDA_ROUTE (wheels|debian|home), CUDA_VERSION, CUDA_ROOT (the toolkit folder CMake gets),
+# CUDA_WHY, CUDA_HOST_COMPILER, CUDA_ARCH_BIN/PTX, NCCL_SPEC (a wheel to fetch, or empty),
+# NCCL_DIR, NCCL_INCLUDE_DIR, NCCL_LIBRARY. Reads nothing from the network.
+resolve_cuda() {
+  local choice=${RMNET_CUDA:-} driver major
+  CUDA_WHY=""
+  if [ -z "$choice" ] && [ -n "${CUDA_HOME:-}" ]; then choice=$CUDA_HOME; CUDA_WHY="CUDA_HOME=$CUDA_HOME"; fi
+  if [ -z "$choice" ]; then
+    driver=$(driver_version)
+    if [ -n "$driver" ]; then
+      major=${driver%%.*}
+      if [ "$major" -ge "$DRIVER_MIN_13" ]; then
+        choice=wheels; CUDA_WHY="driver $driver (>= $DRIVER_MIN_13) runs CUDA 13"
+      elif [ "$major" -ge "$DRIVER_MIN_11" ]; then
+        choice=debian; CUDA_WHY="driver $driver (< $DRIVER_MIN_13) runs CUDA 11.8, not 13"
+      else
+        echo "setup: the NVIDIA driver is $driver: CUDA 11.8 needs $DRIVER_MIN_11 or newer, CUDA 13 $DRIVER_MIN_13; update the driver (or set CUDA=... to build anyway)" >&2
+        exit 2
+      fi
+    else
+      choice=wheels
+      CUDA_WHY="no NVIDIA driver visible (nvidia-smi): CUDA 13 by default; its binaries need driver $DRIVER_MIN_13+, CUDA=debian builds CUDA 11.8 for drivers $DRIVER_MIN_11+"
+    fi
+  fi
+  [ -n "$CUDA_WHY" ] || CUDA_WHY="CUDA=$choice"
+  NCCL_SPEC=""; NCCL_DIR=""
+  case $choice in
+    wheels)
+      CUDA_ROUTE=wheels
+      CUDA_VERSION=$WHEELS_CUDA_VERSION
+      CUDA_WHEELS_DIR=$CACHE/cuda/wheels-$CUDA_VERSION-$(printf '%s' "$WHEELS_CUDA" | sha256sum | cut -c1-12)
+      CUDA_ROOT=$CUDA_WHEELS_DIR/root
+      ;;
+    debian)
+      CUDA_ROUTE=debian
+      CUDA_VERSION=$DEBIAN_CUDA_VERSION
+      CUDA_ROOT=/usr
+      NCCL_SPEC=$NCCL_WHEEL_11
+      ;;
+    */*)
+      CUDA_ROUTE=home
+      [ -d "$choice" ] || { echo "setup: CUDA toolkit folder $choice ($CUDA_WHY) does not exist" >&2; exit 2; }
+      CUDA_HOME_DIR=$(cd "$choice" && pwd -P)
+      [ -x "$CUDA_HOME_DIR/bin/nvcc" ] || { echo "setup: $CUDA_HOME_DIR/bin/nvcc not found ($CUDA_WHY): not a CUDA toolkit folder" >&2; exit 2; }
+      CUDA_VERSION=$(nvcc_release "$CUDA_HOME_DIR/bin/nvcc")
+      case $CUDA_VERSION in
+        11.8|12.*|13.*) ;;
+        *) echo "setup: $CUDA_HOME_DIR/bin/nvcc is CUDA '${CUDA_VERSION:-unknown}': this build supports 11.8 to 13.x" >&2; exit 2 ;;
+      esac
+      CUDA_ROOT=$CACHE/cuda/home-$(printf '%s' "$CUDA_HOME_DIR" | sha256sum | cut -c1-12)/root
+      if ! compgen -G "$CUDA_HOME_DIR/lib*/libnccl.so*" >/dev/null || [ ! -f "$CUDA_HOME_DIR/include/nccl.h" ]; then
+        local var=NCCL_WHEEL_${CUDA_VERSION%%.*}
+        NCCL_SPEC=${!var}
+      fi
+      ;;
+    *) echo "setup: CUDA=$choice: expected wheels, debian or a toolkit folder (a path)" >&2; exit 2 ;;
+  esac
+  if [ -n "$NCCL_SPEC" ]; then
+    local spec=${NCCL_SPEC%% *}
+    NCCL_DIR=$CACHE/downloads/${spec%%==*}-${spec#*==}
+  fi
+  if [ "$CUDA_ROUTE" = debian ]; then
+    NCCL_INCLUDE_DIR=$NCCL_DIR/nvidia/nccl/include
+    NCCL_LIBRARY=$NCCL_DIR/nvidia/nccl/lib/libnccl.so.2
+  else
+    NCCL_INCLUDE_DIR=$CUDA_ROOT/include
+    NCCL_LIBRARY=$CUDA_ROOT/lib/libnccl.so.2
+  fi
+  local dflt
+  if [ "$CUDA_ROUTE" = debian ]; then dflt=$DEBIAN_CUDA_HOST_COMPILER
+  elif [ "${CUDA_VERSION%%.*}" = 11 ]; then dflt=/usr/bin/g++-11
+  else dflt=/usr/bin/g++
+  fi
+  CUDA_HOST_COMPILER=${RMNET_CUDA_HOST_COMPILER:-$dflt}
+  dflt=$(default_arch "$CUDA_VERSION")
+  CUDA_ARCH_BIN=${RMNET_CUDA_ARCH_BIN:-${dflt%|*}}
+  CUDA_ARCH_PTX=${RMNET_CUDA_ARCH_PTX:-${dflt#*|}}
+  # nvcc calls ptxas, fatbinary and cudafe++ by bare name: another CUDA toolchain earlier on
+  # PATH (e.g. /usr/local/bin) would silently be mixed in, so configure and build with this
+  # toolkit's bin first, then the system's.
+  PATH_FOR_CUDA=$CUDA_ROOT/bin:/usr/bin:/bin:/usr/sbin:/sbin
+}
+
+gpu_cmake_flags() {
+  printf '%s\n' -DCPU_ONLY=OFF -DUSE_CUDNN=OFF -DUSE_NCCL=ON \
+    -DCUDA_ARCH_NAME=Manual "-DCUDA_ARCH_BIN=$CUDA_ARCH_BIN" "-DCUDA_ARCH_PTX=$CUDA_ARCH_PTX" \
+    "-DCUDA_TOOLKIT_ROOT_DIR=$CUDA_ROOT" "-DCUDA_NVCC_EXECUTABLE=$CUDA_ROOT/bin/nvcc" \
+    "-DCUDA_HOST_COMPILER=$CUDA_HOST_COMPILER" \
+    "-DNCCL_INCLUDE_DIR=$NCCL_INCLUDE_DIR" "-DNCCL_LIBRARIES=$NCCL_LIBRARY"
+}
+
+print_cuda() {
+  printf 'route=%s\nversion=%s\nroot=%s\nwhy=%s\nhost_compiler=%s\narch_bin=%s\narch_ptx=%s\nnccl=%s\n' \
+    "$CUDA_ROUTE" "$CUDA_VERSION" "$CUDA_ROOT" "$CUDA_WHY" "$CUDA_HOST_COMPILER" \
+    "$CUDA_ARCH_BIN" "$CUDA_ARCH_PTX" "${NCCL_SPEC%% *}"
+}
 
 # build_flags: the CMake flags of this build (stock; CPU; or CPU + GPU).
 build_flags() {
@@ -127,7 +238,7 @@ build_flags() {
   if [ "$STOCK" != 1 ]; then
     printf '%s\n' "${OPENMP_BLAS_FLAGS[@]}" -DBUILD_only_tests="$CAFFE_GTESTS"
   fi
-  if [ "$GPU" = 1 ]; then printf '%s\n' "${GPU_CMAKE_FLAGS[@]}"; fi
+  if [ "$GPU" = 1 ]; then gpu_cmake_flags; fi
 }
 
 STEP_NO=0
@@ -319,18 +430,22 @@ cache_key() {
     done
     if [ "$GPU" = 1 ]; then
       # The CUDA build also depends on the toolkit, the host compiler, the architectures and NCCL.
-      echo "gpu flags ${GPU_CMAKE_FLAGS[*]}"
-      echo "cuda arch bin $CUDA_ARCH_BIN ptx $CUDA_ARCH_PTX"
-      echo "nvcc $(PATH=$PATH_FOR_CUDA nvcc --version 2>/dev/null | tail -n 1)"
-      echo "deb nvidia-cuda-toolkit $(dpkg_version nvidia-cuda-toolkit)"
+      echo "gpu flags $(gpu_cmake_flags | tr '\n' ' ')"
+      echo "cuda route $CUDA_ROUTE $CUDA_VERSION"
+      echo "nvcc $("$CUDA_ROOT/bin/nvcc" --version 2>/dev/null | tail -n 1)"
+      case $CUDA_ROUTE in
+        debian) echo "deb nvidia-cuda-toolkit $(dpkg_version nvidia-cuda-toolkit)" ;;
+        wheels) echo "wheels $WHEELS_CUDA" ;;
+        home) echo "toolkit $CUDA_HOME_DIR $(cat "$CUDA_HOME_DIR/version.json" "$CUDA_HOME_DIR/version.txt" 2>/dev/null | sha256sum)" ;;
+      esac
       echo "host compiler $("$CUDA_HOST_COMPILER" -dumpfullversion 2>/dev/null || echo none)"
-      echo "nccl $NCCL_WHEEL $NCCL_VERSION $NCCL_WHEEL_SHA256"
+      echo "nccl $NCCL_SPEC"
     fi
   } | sha256sum | cut -c1-16
 }
 
 caffe_prefix() {
-  if [ "$GPU" = 1 ]; then echo "$CACHE/caffe/cuda$CUDA_TOOLKIT_VERSION-$(cache_key)"
+  if [ "$GPU" = 1 ]; then echo "$CACHE/caffe/cuda$CUDA_VERSION-$(cache_key)"
   else echo "$CACHE/caffe/$(cache_key)"
   fi
 }
@@ -354,9 +469,9 @@ step_caffe_build() {
   rm -rf "$build" "$stage"
   mkdir -p "$build"
   if [ "$GPU" = 1 ]; then
-    # Only Debian's CUDA 11.8 toolchain may be found by bare name (see PATH_FOR_CUDA).
+    # Only the chosen toolkit may be found by bare name (see PATH_FOR_CUDA).
     export PATH=$PATH_FOR_CUDA
-    progress "building CUDA Caffe into $prefix for sm $CUDA_ARCH_BIN + PTX $CUDA_ARCH_PTX (on 2 cores about 16 minutes for the default six architectures, 10 for one; log: $CURRENT_LOG)"
+    progress "building CUDA $CUDA_VERSION Caffe into $prefix for sm $CUDA_ARCH_BIN + PTX $CUDA_ARCH_PTX (on 2 cores about 2-3 minutes per architecture plus 5; log: $CURRENT_LOG)"
   else
     progress "building Caffe into $prefix (about 7 minutes on 2 cores; log: $CURRENT_LOG)"
   fi
@@ -369,9 +484,13 @@ step_caffe_build() {
   done < <(patch_files)
   local flags
   mapfile -t flags < <(build_flags)
+  # The libraries a wheels or folder toolkit brings (cuBLAS, cuRAND, NCCL, the runtime) stay
+  # in its folder: libcaffe finds them through its RPATH.
+  local rpath="$prefix/lib"
+  if [ "$GPU" = 1 ] && [ "$CUDA_ROUTE" != debian ]; then rpath+=";$CUDA_ROOT/lib"; fi
   cmake -S "$build/src" -B "$build/obj" "${flags[@]}" \
     -DPYTHON_EXECUTABLE="$VENV/bin/python" \
-    -DCMAKE_INSTALL_PREFIX="$prefix" -DCMAKE_INSTALL_RPATH="$prefix/lib"
+    -DCMAKE_INSTALL_PREFIX="$prefix" "-DCMAKE_INSTALL_RPATH=$rpath"
   # Show progress in steps of 10%.
   make -C "$build/obj" -j"$JOBS" 2>&1 | awk -v fd=/dev/fd/3 '
     { print; fflush() }
@@ -393,9 +512,10 @@ step_caffe_build() {
       { echo "$stage$prefix/lib/libcaffe.so does not load $OPENMP_BLAS:"; echo "$libs"; return 1; }
   fi
   if [ "$GPU" = 1 ]; then
-    # NCCL beside libcaffe.so (found through its RPATH), so the install does not depend on the
-    # download cache; then the fat binary must hold what was asked for, made by CUDA 11.8.
-    cp -a "$NCCL_DIR"/nvidia/nccl/lib/libnccl.so* "$stage$prefix/lib/"
+    # debian: NCCL beside libcaffe.so (found through its RPATH), so the install does not
+    # depend on the download cache. Then the fat binary must hold what was asked for, made by
+    # the chosen toolkit.
+    if [ "$CUDA_ROUTE" = debian ]; then cp -a "$NCCL_DIR"/nvidia/nccl/lib/libnccl.so* "$stage$prefix/lib/"; fi
     verify_fatbin "$stage$prefix/lib/libcaffe.so" | tee "$stage$prefix/cuobjdump.txt"
   fi
   touch "$stage$prefix/.complete"
@@ -407,9 +527,9 @@ step_caffe_build() {
 # ---------------------------------------------------------------------------------------------
 # GPU only: the CUDA toolkit, NCCL and the fat-binary check
 
-cuda_toolkit_ok() {
+debian_cuda_ok() {
   [ -x /usr/bin/nvcc ] && [ -x "$CUDA_HOST_COMPILER" ] &&
-    grep -q "release $CUDA_TOOLKIT_VERSION," <<<"$(PATH=$PATH_FOR_CUDA nvcc --version 2>/dev/null)"
+    [ "$(nvcc_release /usr/bin/nvcc)" = "$DEBIAN_CUDA_VERSION" ]
 }
 
 # cuda_apt_sources: the system's Debian repositories (as apt is configured), each with the
@@ -419,13 +539,13 @@ cuda_toolkit_ok() {
 cuda_apt_sources() {
   local lines
   lines=$(apt-get indextargets --format '$(TARGET_OF) $(REPO_URI) $(RELEASE) $(LABEL)' 2>/dev/null \
-    | awk -v suite="$CUDA_DEBIAN_SUITE" '$1 == "deb" && ($4 == "Debian" || $4 == "Debian-Security") \
+    | awk -v suite="$DEBIAN_CUDA_SUITE" '$1 == "deb" && ($4 == "Debian" || $4 == "Debian-Security") \
           && index($3, suite) == 1 { print $2, $3 }' | sort -u)
   if [ -z "$lines" ]; then
     local mirror
     mirror=$(debian_mirror)
     [ -n "$mirror" ] || mirror=http://deb.debian.org/debian/
-    lines="$mirror $CUDA_DEBIAN_SUITE"
+    lines="$mirror $DEBIAN_CUDA_SUITE"
   fi
   local uri suite
   while read -r uri suite; do
@@ -465,12 +585,12 @@ EOF
   echo "$dir/rmnet-cuda-driver-stub_1.0_all.deb"
 }
 
-step_cuda_toolkit() {
-  if cuda_toolkit_ok; then
-    echo "present: $(PATH=$PATH_FOR_CUDA nvcc --version | tail -n 1), $CUDA_HOST_COMPILER"
+step_cuda_debian() {
+  if debian_cuda_ok; then
+    echo "present: $(/usr/bin/nvcc --version | tail -n 1), $CUDA_HOST_COMPILER"
     return 0
   fi
-  progress "installing Debian's CUDA $CUDA_TOOLKIT_VERSION toolkit ($CUDA_TOOLKIT_PACKAGES) from $CUDA_DEBIAN_SUITE non-free (about 1.6 GB to download, 5.5 GB on disk)"
+  progress "installing Debian's CUDA $DEBIAN_CUDA_VERSION toolkit ($DEBIAN_CUDA_PACKAGES) from $DEBIAN_CUDA_SUITE non-free (about 1.6 GB to download, 5.5 GB on disk)"
   local dir=$CACHE/apt-cuda apt_opts
   mkdir -p "$dir/sources.list.d" "$dir/lists/partial" "$dir/cache/archives/partial"
   cuda_apt_sources >"$dir/sources.list.d/rmnet-cuda.list"
@@ -486,59 +606,146 @@ step_cuda_toolkit() {
   local stub=""
   if ! driver_installed; then stub=$(driver_stub_deb "$dir"); echo "no NVIDIA driver package installed: adding $stub"; fi
   # shellcheck disable=SC2086
-  as_root apt-get "${apt_opts[@]}" install -y --no-install-recommends $CUDA_TOOLKIT_PACKAGES $stub
+  as_root apt-get "${apt_opts[@]}" install -y --no-install-recommends $DEBIAN_CUDA_PACKAGES $stub
   as_root apt-get "${apt_opts[@]}" clean        # the downloaded .debs (1.6 GB)
-  if ! cuda_toolkit_ok; then
-    echo "after apt-get install, /usr/bin/nvcc is not CUDA $CUDA_TOOLKIT_VERSION or $CUDA_HOST_COMPILER is missing"
+  if ! debian_cuda_ok; then
+    echo "after apt-get install, /usr/bin/nvcc is not CUDA $DEBIAN_CUDA_VERSION or $CUDA_HOST_COMPILER is missing"
     return 1
   fi
-  PATH=$PATH_FOR_CUDA nvcc --version | tail -n 1
+  /usr/bin/nvcc --version | tail -n 1
 }
 
-step_nccl() {
-  if [ -f "$NCCL_DIR/.verified" ] && [ -f "$NCCL_DIR/nvidia/nccl/lib/libnccl.so.2" ]; then
-    echo "verified: $NCCL_DIR"; return 0
-  fi
-  progress "fetching NCCL ($NCCL_WHEEL $NCCL_VERSION wheel)"
-  NCCL_TMP=$(mktemp -d "$CACHE/downloads/.nccl.XXXXXX")
-  trap 'rm -rf "$NCCL_TMP"' EXIT   # this step runs in its own subshell
-  local tmp=$NCCL_TMP whl got
+# fetch_wheel "NAME==VERSION SHA256" DIR: pip downloads that one wheel (no dependencies) into
+# DIR, checks its SHA-256 against the pin and prints the wheel's path.
+fetch_wheel() {
+  local spec=${1%% *} want=${1#* } dir=$2 whl got
+  mkdir -p "$dir"
   "$VENV/bin/python" -m pip download --disable-pip-version-check --no-deps --only-binary=:all: \
-    -d "$tmp/wheel" "$NCCL_WHEEL==$NCCL_VERSION"
-  whl=$(find "$tmp/wheel" -name '*.whl' | head -n 1)
-  [ -n "$whl" ] || { echo "pip downloaded no wheel of $NCCL_WHEEL==$NCCL_VERSION"; return 1; }
+    -d "$dir" "$spec" >&2
+  whl=$(find "$dir" -name "$(echo "${spec%%==*}" | tr - _)-${spec#*==}-*.whl" | head -n 1)
+  [ -n "$whl" ] || { echo "pip downloaded no wheel of $spec" >&2; return 1; }
   got=$(sha256 "$whl")
-  if [ "$got" != "$NCCL_WHEEL_SHA256" ]; then
-    echo "checksum mismatch: $(basename "$whl") has SHA-256 $got, scripts/caffe/cuda.env pins $NCCL_WHEEL_SHA256"
+  if [ "$got" != "$want" ]; then
+    echo "checksum mismatch: $(basename "$whl") has SHA-256 $got, scripts/caffe/cuda.env pins $want" >&2
     return 1
   fi
-  "$VENV/bin/python" -m zipfile -e "$whl" "$tmp/files"
-  [ -f "$tmp/files/nvidia/nccl/lib/libnccl.so.2" ] || { echo "$(basename "$whl") has no nvidia/nccl/lib/libnccl.so.2"; return 1; }
-  echo "$got  $(basename "$whl")" >"$tmp/files/.verified"
-  rm -rf "$NCCL_DIR"
-  mv "$tmp/files" "$NCCL_DIR"
-  echo "verified $(basename "$whl") into $NCCL_DIR"
+  echo "$whl"
+}
+
+# wheels: NVIDIA's CUDA 13 wheels, each checked, unpacked into one tree in the cache
+# (nvidia/cu13, nvidia/nccl), and scripts/caffe/cuda_root.sh's toolkit folder made from it.
+step_cuda_wheels() {
+  if [ -f "$CUDA_WHEELS_DIR/.complete" ] && [ -x "$CUDA_ROOT/bin/nvcc" ]; then
+    echo "present: $CUDA_WHEELS_DIR ($("$CUDA_ROOT/bin/nvcc" --version | tail -n 1))"; return 0
+  fi
+  mkdir -p "$CACHE/locks" "$CACHE/cuda"
+  exec 8>"$CACHE/locks/$(basename "$CUDA_WHEELS_DIR").lock"   # one download at a time
+  flock 8
+  if [ -f "$CUDA_WHEELS_DIR/.complete" ]; then echo "present (fetched by another setup): $CUDA_WHEELS_DIR"; return 0; fi
+  progress "fetching NVIDIA's CUDA $CUDA_VERSION wheels from PyPI (about 0.8 GB; 1.2 GB unpacked into $CUDA_WHEELS_DIR)"
+  local line whl n=0 total
+  total=$(grep -c . <<<"$WHEELS_CUDA")
+  rm -rf "$CUDA_WHEELS_DIR"
+  mkdir -p "$CUDA_WHEELS_DIR/wheels"
+  while read -r line; do
+    [ -n "$line" ] || continue
+    n=$((n + 1))
+    progress "  $n/$total ${line%% *}"
+    whl=$(fetch_wheel "$line" "$CUDA_WHEELS_DIR/wheels")
+    "$VENV/bin/python" -m zipfile -e "$whl" "$CUDA_WHEELS_DIR/tree"
+    echo "$(sha256 "$whl")  $(basename "$whl")" >>"$CUDA_WHEELS_DIR/SHA256SUMS"
+    rm -f "$whl"
+  done <<<"$WHEELS_CUDA"
+  rmdir "$CUDA_WHEELS_DIR/wheels"
+  bash "$ROOT/scripts/caffe/cuda_root.sh" "$CUDA_ROOT" "$CUDA_WHEELS_DIR/tree"
+  [ "$(nvcc_release "$CUDA_ROOT/bin/nvcc")" = "$CUDA_VERSION" ] ||
+    { echo "$CUDA_ROOT/bin/nvcc is not CUDA $CUDA_VERSION"; return 1; }
+  touch "$CUDA_WHEELS_DIR/.complete"
+}
+
+# A toolkit folder (CUDA_HOME): checked here; its toolkit folder for CMake is assembled after
+# NCCL (step_nccl), which it may lack.
+step_cuda_home() {
+  [ -x "$CUDA_HOST_COMPILER" ] ||
+    { echo "host compiler $CUDA_HOST_COMPILER not found (CUDA $CUDA_VERSION; set RMNET_CUDA_HOST_COMPILER)"; return 1; }
+  local f
+  for f in include/cuda_runtime.h include/cublas_v2.h include/curand.h; do
+    [ -f "$CUDA_HOME_DIR/$f" ] || { echo "$CUDA_HOME_DIR has no $f: CUDA $CUDA_VERSION there lacks the runtime, cuBLAS or cuRAND"; return 1; }
+  done
+  echo "toolkit $CUDA_HOME_DIR: $("$CUDA_HOME_DIR/bin/nvcc" --version | tail -n 1) ($CUDA_WHY)"
+}
+
+step_cuda_toolkit() {
+  echo "toolkit: $CUDA_ROUTE, CUDA $CUDA_VERSION ($CUDA_WHY)"
+  case $CUDA_ROUTE in
+    wheels) step_cuda_wheels ;;
+    debian) step_cuda_debian ;;
+    home) step_cuda_home ;;
+  esac
+  [ -x "$CUDA_HOST_COMPILER" ] ||
+    { echo "host compiler $CUDA_HOST_COMPILER not found (set RMNET_CUDA_HOST_COMPILER)"; return 1; }
+}
+
+# NCCL: in the wheels toolkit already; NVIDIA's wheel for the debian route and for a toolkit
+# folder without NCCL, checked against its pin.
+step_nccl() {
+  if [ -n "$NCCL_SPEC" ]; then
+    if [ -f "$NCCL_DIR/.verified" ] && [ -f "$NCCL_DIR/nvidia/nccl/lib/libnccl.so.2" ]; then
+      echo "verified: $NCCL_DIR"
+    else
+      progress "fetching NCCL (${NCCL_SPEC%% *} wheel)"
+      NCCL_TMP=$(mktemp -d "$CACHE/downloads/.nccl.XXXXXX")
+      trap 'rm -rf "$NCCL_TMP"' EXIT   # this step runs in its own subshell
+      local whl
+      whl=$(fetch_wheel "$NCCL_SPEC" "$NCCL_TMP/wheel")
+      "$VENV/bin/python" -m zipfile -e "$whl" "$NCCL_TMP/files"
+      [ -f "$NCCL_TMP/files/nvidia/nccl/lib/libnccl.so.2" ] || { echo "$(basename "$whl") has no nvidia/nccl/lib/libnccl.so.2"; return 1; }
+      echo "$(sha256 "$whl")  $(basename "$whl")" >"$NCCL_TMP/files/.verified"
+      rm -rf "$NCCL_DIR"
+      mv "$NCCL_TMP/files" "$NCCL_DIR"
+      echo "verified $(basename "$whl") into $NCCL_DIR"
+    fi
+  else
+    echo "NCCL comes with the toolkit ($CUDA_ROUTE)"
+  fi
+  if [ "$CUDA_ROUTE" = home ]; then
+    bash "$ROOT/scripts/caffe/cuda_root.sh" "$CUDA_ROOT" "$CUDA_HOME_DIR" ${NCCL_DIR:+"$NCCL_DIR"}
+  fi
+}
+
+# ptx_isa: the PTX ISA version this toolkit's nvcc writes, from a one-line kernel.
+ptx_isa() {
+  local tmp
+  tmp=$(mktemp -d)
+  echo '__global__ void k() {}' >"$tmp/k.cu"
+  PATH=$PATH_FOR_CUDA "$CUDA_ROOT/bin/nvcc" -ccbin "$CUDA_HOST_COMPILER" -ptx \
+    "-arch=compute_${CUDA_ARCH_PTX%% *}" "$tmp/k.cu" -o "$tmp/k.ptx" >/dev/null 2>&1 || true
+  grep -m 1 -o '^\.version [0-9.]*' "$tmp/k.ptx" 2>/dev/null | cut -d' ' -f2 || true
+  rm -rf "$tmp"
 }
 
 # verify_fatbin LIB: LIB's device code holds a cubin for every CUDA_ARCH_BIN and PTX for every
 # CUDA_ARCH_PTX, readable by this toolkit's cuobjdump (a mixed toolchain's is not) and compiled
-# by CUDA $CUDA_TOOLKIT_VERSION (the PTX's ISA version is that release's). Prints the summary.
+# by this toolkit (its PTX has the ISA version this nvcc writes). Prints the summary.
 verify_fatbin() {
-  local lib=$1 elf ptx a missing="" release
-  if ! elf=$(PATH=$PATH_FOR_CUDA cuobjdump --list-elf "$lib" 2>&1); then
+  local lib=$1 elf ptx a missing="" release want cuobjdump=$CUDA_ROOT/bin/cuobjdump
+  [ -x "$cuobjdump" ] || { echo "no $cuobjdump: the $CUDA_ROUTE toolkit is not set up (make setup GPU=1)"; return 1; }
+  if ! elf=$(PATH=$PATH_FOR_CUDA "$cuobjdump" --list-elf "$lib" 2>&1); then
     echo "cuobjdump cannot read the device code of $lib: $(head -n 1 <<<"$elf" | sed 's/^cuobjdump [a-z]* *: //') (a CPU-only build, or CUDA toolchains mixed)"
     return 1
   fi
-  ptx=$(PATH=$PATH_FOR_CUDA cuobjdump --list-ptx "$lib") ||
+  ptx=$(PATH=$PATH_FOR_CUDA "$cuobjdump" --list-ptx "$lib") ||
     { echo "cuobjdump --list-ptx failed on $lib"; return 1; }
   for a in $CUDA_ARCH_BIN; do grep -q "\.sm_$a\.cubin" <<<"$elf" || missing+=" sm_$a cubin"; done
   for a in $CUDA_ARCH_PTX; do grep -q "\.sm_$a\.ptx" <<<"$ptx" || missing+=" compute_$a PTX"; done
   [ -z "$missing" ] || { echo "$lib lacks:$missing"; return 1; }
-  # The PTX ISA version names the compiler's release (CUDA 11.8 writes ISA 7.8).
-  release=$(PATH=$PATH_FOR_CUDA cuobjdump --dump-ptx "$lib" | grep -m 1 -o '^\.version [0-9.]*' | cut -d' ' -f2 || true)
-  [ "$release" = "$CUDA_PTX_ISA" ] ||
-    { echo "$lib: PTX ISA '${release:-unknown}', expected $CUDA_PTX_ISA (CUDA $CUDA_TOOLKIT_VERSION)"; return 1; }
-  release="PTX ISA $release (CUDA $CUDA_TOOLKIT_VERSION)"
+  # The PTX ISA version names the compiler's release (CUDA 11.8 writes ISA 7.8, 13.0 ISA 9.0).
+  release=$(PATH=$PATH_FOR_CUDA "$cuobjdump" --dump-ptx "$lib" | grep -m 1 -o '^\.version [0-9.]*' | cut -d' ' -f2 || true)
+  want=$(ptx_isa)
+  [ -n "$want" ] || { echo "$CUDA_ROOT/bin/nvcc could not compile a one-line kernel to PTX (host compiler $CUDA_HOST_COMPILER)"; return 1; }
+  [ "$release" = "$want" ] ||
+    { echo "$lib: PTX ISA '${release:-unknown}', expected $want (CUDA $CUDA_VERSION)"; return 1; }
+  release="PTX ISA $release (CUDA $CUDA_VERSION)"
   local a_count p_count
   a_count=$(grep -c '\.cubin' <<<"$elf"); p_count=$(grep -c '\.ptx' <<<"$ptx")
   echo "fat binary: $a_count cubins ($(grep -o 'sm_[0-9]*' <<<"$elf" | sort -u | tr '\n' ' '| sed 's/ $//')), $p_count PTX ($(grep -o 'sm_[0-9]*' <<<"$ptx" | sort -u | tr '\n' ' ' | sed 's/ $//')); $release"
@@ -568,12 +775,21 @@ EOF
 }
 
 # ---------------------------------------------------------------------------------------------
+if [ "$GPU" = 1 ] || [ "${1:-}" = "--verify-fatbin" ]; then
+  GPU=1
+  resolve_cuda
+  CAFFE_GTESTS+=,platform      # the device query PlatformTest prints (patched for CUDA 13)
+fi
 if [ "${1:-}" = "--verify-source" ]; then
   verify_source "${2:?usage: setup.sh --verify-source DIR}"
   exit
 fi
 if [ "${1:-}" = "--print-cmake-flags" ]; then build_flags; exit; fi
 if [ "${1:-}" = "--print-cuda-apt-sources" ]; then cuda_apt_sources; exit; fi
+if [ "${1:-}" = "--print-cuda" ]; then
+  [ "$GPU" = 1 ] || { echo "setup: --print-cuda goes with --gpu" >&2; exit 2; }
+  print_cuda; exit
+fi
 if [ "${1:-}" = "--verify-fatbin" ]; then verify_fatbin "${2:?usage: setup.sh --verify-fatbin LIB}"; exit; fi
 if [ "${1:-}" = "--stock-caffe" ]; then
   STOCK=1
@@ -586,16 +802,15 @@ if [ "${1:-}" = "--stock-caffe" ]; then
   caffe_prefix
   exit
 fi
-[ $# -eq 0 ] || { echo "usage: scripts/setup.sh [--gpu] [--stock-caffe | --verify-source DIR | --print-cmake-flags | --print-cuda-apt-sources | --verify-fatbin LIB]" >&2; exit 2; }
+[ $# -eq 0 ] || { echo "usage: scripts/setup.sh [--gpu] [--stock-caffe | --verify-source DIR | --print-cmake-flags | --print-cuda | --print-cuda-apt-sources | --verify-fatbin LIB]" >&2; exit 2; }
 
 if [ "$GPU" = 1 ] && [ -z "${RMNET_SETUP_LOGS:-}" ]; then LOGDIR=$ROOT/.setup-logs/gpu; fi
 mkdir -p "$CACHE/downloads" "$CACHE/caffe" "$LOGDIR"
 say "system packages";  run_step "system packages" step_system_packages
-if [ "$GPU" = 1 ]; then
-  say "cuda toolkit";   run_step "cuda toolkit" step_cuda_toolkit
-fi
 say "python venv";      run_step "python venv" step_python_venv
 if [ "$GPU" = 1 ]; then
+  say "cuda toolkit: $CUDA_ROUTE, CUDA $CUDA_VERSION ($CUDA_WHY)"
+  run_step "cuda toolkit" step_cuda_toolkit
   say "nccl";           run_step "nccl" step_nccl
 fi
 say "caffe source";     run_step "caffe source" step_caffe_source
