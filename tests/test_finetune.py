@@ -291,7 +291,7 @@ def test_finetune_command_exits_non_zero_when_the_test_score_drops(dataset, tmp_
     out = tmp_path / "out"
     code = finetune_cli(dataset, out, oracle_model, "--iters", "4", "--snapshot-every", "2",
                         "--freeze-backbone-iters", "0", "--warmup-iters", "0", "--lr", "0.5",
-                        "--batchnorm", "batch")
+                        "--batchnorm", "batch", "--decay-iters", "0")
     report = json.loads((out / "finetune.json").read_text())
     assert report["worse"] and report["after"]["test"]["mAP"] < report["before"]["test"]["mAP"]
     assert code == 1
