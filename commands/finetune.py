@@ -15,9 +15,10 @@ What it does (training/finetune_loop.py): carves a validation split from DIR's *
 identities (``--val-ids``, seeded by ``--seed``; the test split is never used to choose
 anything), scores the model on the test and validation splits, fine-tunes it on the other
 training identities with the recipe of docs/finetuning.md (a freeze stage training the new
-classifier with the backbone fixed, then every layer at a low learning rate after a warm-up;
-each knob a flag, as in ``tools/train.py --finetune``), scores every snapshot on the
-validation split, keeps the best, scores it on the test split and exports it.
+classifier with the backbone fixed, then every layer at a low learning rate after a warm-up,
+then, with ``--decay-iters``, that learning rate x ``--decay-factor``; each knob a flag, as in
+``tools/train.py --finetune``), scores every snapshot of the last two stages on the validation
+split, keeps the best, scores it on the test split and exports it.
 
 OUT (which must not exist or be empty: nothing is overwritten) then holds ``finetune.txt`` (the
 before/after table), ``finetune.json`` (every number and setting), ``finetune.png`` (validation

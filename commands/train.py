@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "each flag overrides one of its settings)")
     ft.add_argument("--finetune", action="store_true",
                     help="with --data and --from MODEL.caffemodel: fine-tune a trained model "
-                         "(freeze stage, then everything at a low lr after a warm-up); "
+                         "(freeze stage, everything at a low lr after a warm-up, then the decayed lr); "
                          "--iters is then the second stage's length, not a scaled schedule")
     add_recipe_arguments(ft)
     dev = ap.add_mutually_exclusive_group()
@@ -300,10 +300,13 @@ def _train(args, solver: Path, cwd: Path, info, prefix: Path, paths: dict | None
                         if freeze is not None else 0)
         if freeze is not None:
             check_weights_fit(freeze, weights, phase="TRAIN")
+        decay_iters = (inspect_solver(paths["solver_decay"], cwd).max_iter
+                       if "solver_decay" in paths else 0)
         run_stages(paths, weights, freeze_iters, info.max_iter,
                    echo=lambda m: print(f"train: {m}"),
-                   gpu=gpus[0] if gpus else None)
-        print(f"train: done; snapshots: {info.snapshot_prefix}_iter_*.caffemodel")
+                   gpu=gpus[0] if gpus else None, decay_iters=decay_iters)
+        print(f"train: done; snapshots: {info.snapshot_prefix}_iter_*.caffemodel"
+              + (f" and {info.snapshot_prefix}_decay_iter_*.caffemodel" if decay_iters else ""))
         return 0
     if gpus is not None and len(gpus) > 1:
         from training.multigpu import run_multi_gpu

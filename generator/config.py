@@ -124,6 +124,7 @@ SCHEMA: dict[str, Any] = {
     "batchnorm": {"use_global_stats": _bool()},
     "freeze": {"iters": _int(0), "base_lr": _num(0.0, lo_open=True),
                "open_layers": _str_list()},
+    "decay": {"iters": _int(0), "factor": _num(0.0, 1.0, lo_open=True, hi_open=True)},
     "data": FREE,
     "solver": {
         "base_lr": _num(0.0, lo_open=True),

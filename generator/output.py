@@ -125,7 +125,9 @@ def write_run(variant: str, run_dir: Path, overrides: dict | None = None) -> dic
 
     A config with a freeze stage (``freeze.iters`` > 0, fine-tuning) adds "train_freeze" and
     "solver_freeze": run that solver first (from the imported caffemodel), then "solver" from
-    the caffemodel it ends with (``<variant>_freeze_iter_<freeze.iters>.caffemodel``)."""
+    the caffemodel it ends with (``<variant>_freeze_iter_<freeze.iters>.caffemodel``). One with
+    a decay stage (``decay.iters`` > 0) adds "solver_decay": run it last, from the caffemodel
+    "solver" ends with (``<variant>_iter_<solver.max_iter>.caffemodel``), on the same train net."""
     from generator.config import load_variant
 
     run_dir = Path(run_dir).resolve()
@@ -134,7 +136,12 @@ def write_run(variant: str, run_dir: Path, overrides: dict | None = None) -> dic
     prefix = (snapshots / variant).as_posix()
     solvers = {"solver": render_solver(variant, net_dir=run_dir.as_posix(),
                                        snapshot_prefix=prefix, overrides=overrides).text}
-    if load_variant(variant, overrides=overrides).config["freeze"]["iters"]:
+    cfg = load_variant(variant, overrides=overrides).config
+    if cfg["decay"]["iters"]:
+        solvers["solver_decay"] = render_solver(variant, net_dir=run_dir.as_posix(),
+                                                snapshot_prefix=prefix, overrides=overrides,
+                                                decay=True).text
+    if cfg["freeze"]["iters"]:
         nets["train_freeze"] = render(variant, "train", overrides=overrides, freeze=True).text
         solvers["solver_freeze"] = render_solver(variant, net_dir=run_dir.as_posix(),
                                                  snapshot_prefix=prefix, overrides=overrides,

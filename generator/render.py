@@ -322,13 +322,17 @@ class RenderedSolver:
 
 def render_solver(variant: str | Variant, *, net_dir: str | None = None,
                   snapshot_prefix: str | None = None, overrides: dict | None = None,
-                  templates_dir: Path = TEMPLATES_DIR, freeze: bool = False) -> RenderedSolver:
+                  templates_dir: Path = TEMPLATES_DIR, freeze: bool = False,
+                  decay: bool = False) -> RenderedSolver:
     """Render a variant's solver. ``net_dir`` is where its train/test nets are, as a path the
     ``caffe train`` command will resolve (default ``prototxt/<variant>``, relative to the repo
     root, as in the committed files);
     ``snapshot_prefix`` defaults to ``snapshots/<variant>``. ``freeze``: the freeze stage's
     solver (train net ``train_freeze.prototxt``, ``freeze.iters`` iterations at the fixed
-    ``freeze.base_lr``, one snapshot at its end, prefix ``<variant>_freeze``)."""
+    ``freeze.base_lr``, one snapshot at its end, prefix ``<variant>_freeze``). ``decay``: the
+    decay stage's solver (the train net ``train.prototxt``, ``decay.iters`` iterations at the
+    fixed ``solver.base_lr`` x ``decay.factor``, snapshots every ``solver.snapshot``, prefix
+    ``<variant>_decay``), run from the all-layers stage's last caffemodel."""
     from caffe.proto import caffe_pb2
 
     if isinstance(variant, str):
@@ -340,15 +344,20 @@ def render_solver(variant: str | Variant, *, net_dir: str | None = None,
     net_dir = (net_dir or f"prototxt/{variant.name}").rstrip("/")
     if freeze and not cfg["freeze"]["iters"]:
         raise GenerationError(f"{what}: a freeze-stage solver needs freeze.iters > 0")
+    if decay and (freeze or not cfg["decay"]["iters"]):
+        raise GenerationError(f"{what}: a decay-stage solver needs decay.iters > 0 (and is not "
+                              f"the freeze stage)")
     prefix = snapshot_prefix or f"snapshots/{variant.name}"
     context = {
         "s": cfg["solver"],
         "f": cfg["freeze"],
         "freeze": freeze,
+        "d": cfg["decay"],
+        "decay": decay,
         "seed": cfg["seed"],
         "train_net": f"{net_dir}/train{'_freeze' if freeze else ''}.prototxt",
         "test_net": f"{net_dir}/test.prototxt",
-        "snapshot_prefix": prefix + ("_freeze" if freeze else ""),
+        "snapshot_prefix": prefix + ("_freeze" if freeze else "_decay" if decay else ""),
     }
     try:
         rendered = environment(templates_dir).get_template("solver.prototxt.j2").render(**context)

@@ -1,7 +1,7 @@
 """Fine-tuning a trained re-id model on new identities without losing what it knows.
 
 The recipe (the ``finetune`` variant, generator/variants/finetune.json; docs/finetuning.md says
-how it was chosen) is two `caffe train` runs on the rendered solvers:
+how it was chosen) is up to three `caffe train` runs on the rendered solvers:
 
 1. the freeze stage (``solver_freeze.prototxt``, fast-reid's ``FREEZE_ITERS``, torchreid's
    ``fixbase_epoch``): only ``freeze.open_layers`` train (torchreid's ``open_layers``; by
@@ -12,10 +12,13 @@ how it was chosen) is two `caffe train` runs on the rendered solvers:
    through a warm-up of ``solver.warmup_iters`` (Caffe's sigmoid policy, see
    generator/templates/solver.prototxt.j2), BatchNorm with its stored statistics when
    ``batchnorm.use_global_stats`` (else the batch statistics, after the un-fold of
-   training/unfold.py).
+   training/unfold.py);
+3. the decay stage (``solver_decay.prototxt``, when ``decay.iters`` > 0): the same train net,
+   from the second stage's last caffemodel, at the fixed ``solver.base_lr`` x ``decay.factor``
+   (the x0.1 step of the schedules re-id models are trained with, taken as a stage of its own).
 
 ``finetune_overrides`` turns the command-line knobs into config overrides; ``run_stages`` runs
-the two stages and returns the snapshots of the second.
+the stages and returns the snapshots of the second and third.
 """
 from __future__ import annotations
 
@@ -41,14 +44,18 @@ class FinetuneSettings:
     batchnorm: str | None = None              # "keep" (stored statistics) or "batch"
     dropout: float | None = None              # ratio on the residual branches; 0: none
     mining: bool | None = None                # weighted hard-sample mining
-    snapshot_every: int | None = None         # snapshots (validation points) of stage 2
+    snapshot_every: int | None = None         # snapshots (validation points) of stages 2, 3
+    decay_iters: int | None = None            # third stage (0: none; None: the variant's
+                                              # share of iters, see finetune_overrides)
+    decay_factor: float | None = None         # third stage's lr = lr x decay_factor
     imprint: bool = True                      # classifier and centres from mean descriptors
 
 
 # The knobs as command-line flags, shared by tools/finetune.py and tools/train.py --finetune
 # (argparse dest -> FinetuneSettings field is the flag name with "_").
 RECIPE_FLAGS = ("lr", "warmup_iters", "freeze_backbone_iters", "head_lr", "open_layers",
-                "batchnorm", "dropout", "mining", "snapshot_every")
+                "batchnorm", "dropout", "mining", "snapshot_every", "decay_iters",
+                "decay_factor")
 
 
 def add_recipe_arguments(group) -> None:
@@ -73,6 +80,12 @@ def add_recipe_arguments(group) -> None:
     group.add_argument("--mining", choices=("on", "off"), help="weighted hard-sample mining")
     group.add_argument("--snapshot-every", type=int,
                        help="snapshots (validation points) every N iterations")
+    group.add_argument("--decay-iters", type=int,
+                       help="last stage: iterations at --lr x --decay-factor from the "
+                            "all-layers stage's last snapshot (re-id's x0.1 step); 0: no decay "
+                            "stage (default: the variant's decay.iters, scaled with --iters)")
+    group.add_argument("--decay-factor", type=float,
+                       help="the decay stage's learning rate as a fraction of --lr, in (0, 1)")
     group.add_argument("--no-imprint", action="store_true",
                        help="start the new classifier and centres at random, not at the "
                             "model's mean descriptor of each training identity")
@@ -81,7 +94,8 @@ def add_recipe_arguments(group) -> None:
 def recipe_settings(args, error: Callable[[str], None]) -> FinetuneSettings:
     """FinetuneSettings from parsed recipe flags (and ``args.iters``); ``error`` (the parser's)
     for a value out of range."""
-    for name in ("warmup_iters", "freeze_backbone_iters", "snapshot_every", "iters"):
+    for name in ("warmup_iters", "freeze_backbone_iters", "snapshot_every", "iters",
+                 "decay_iters"):
         v = getattr(args, name)
         if v is not None and v < (1 if name in ("snapshot_every", "iters") else 0):
             error(f"--{name.replace('_', '-')}: {v} is out of range")
@@ -90,13 +104,16 @@ def recipe_settings(args, error: Callable[[str], None]) -> FinetuneSettings:
             error(f"--{name.replace('_', '-')} must be > 0")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         error("--dropout must be in [0, 1)")
+    if args.decay_factor is not None and not 0 < args.decay_factor < 1:
+        error("--decay-factor must be in (0, 1) (a fraction of --lr)")
     return FinetuneSettings(
         iters=args.iters, lr=args.lr, warmup_iters=args.warmup_iters,
         freeze_backbone_iters=args.freeze_backbone_iters, head_lr=args.head_lr,
         open_layers=[p for p in args.open_layers.split(",") if p] if args.open_layers else None,
         batchnorm=args.batchnorm, dropout=args.dropout,
         mining=None if args.mining is None else args.mining == "on",
-        snapshot_every=args.snapshot_every, imprint=not args.no_imprint)
+        snapshot_every=args.snapshot_every, decay_iters=args.decay_iters,
+        decay_factor=args.decay_factor, imprint=not args.no_imprint)
 
 
 def finetune_overrides(s: FinetuneSettings) -> dict:
@@ -113,6 +130,8 @@ def finetune_overrides(s: FinetuneSettings) -> dict:
     put("freeze", "iters", s.freeze_backbone_iters)
     put("freeze", "base_lr", s.head_lr)
     put("freeze", "open_layers", s.open_layers)
+    put("decay", "iters", s.decay_iters)
+    put("decay", "factor", s.decay_factor)
     if s.batchnorm is not None:
         if s.batchnorm not in ("keep", "batch"):
             raise ValueError(f"batchnorm must be 'keep' or 'batch', got {s.batchnorm!r}")
@@ -129,7 +148,11 @@ def finetune_overrides(s: FinetuneSettings) -> dict:
         put("solver", "test_interval", s.snapshot_every)
     if s.iters is not None:
         from generator import load_variant
-        cfg = load_variant(VARIANT).config["solver"]
+        variant = load_variant(VARIANT).config
+        cfg = variant["solver"]
+        if s.decay_iters is None:   # the decay stage keeps its share of the run
+            put("decay", "iters", decay_share(s.iters, variant["decay"]["iters"],
+                                              cfg["max_iter"]))
         warm = s.warmup_iters if s.warmup_iters is not None else cfg["warmup_iters"]
         if warm > s.iters:
             out["solver"]["warmup_iters"] = s.iters
@@ -137,6 +160,15 @@ def finetune_overrides(s: FinetuneSettings) -> dict:
         if every > s.iters:
             out["solver"]["snapshot"] = out["solver"]["test_interval"] = s.iters
     return out
+
+
+def decay_share(iters: int, variant_decay: int, variant_iters: int) -> int:
+    """Decay-stage iterations for a second stage of ``iters``: the variant's ratio of decay to
+    all-layers iterations (``variant_decay`` / ``variant_iters``), rounded, at least 1 when the
+    variant has a decay stage."""
+    if not variant_decay:
+        return 0
+    return max(1, round(iters * variant_decay / variant_iters))
 
 
 def images_by_label(ts) -> list[list[str]]:
@@ -227,10 +259,13 @@ def keeps_batchnorm(train_net: str | os.PathLike) -> bool:
 
 def run_stages(paths: dict, weights: str | os.PathLike, freeze_iters: int, max_iter: int,
                echo: Callable[[str], None] = print, every: float = 10.0,
-               gpu: int | None = None) -> list[tuple[int, Path]]:
+               gpu: int | None = None, decay_iters: int = 0) -> list[tuple[str, int, Path]]:
     """The freeze stage (when ``paths`` has "solver_freeze") from ``weights``, then the full
-    stage from its last caffemodel; logs ``train_freeze.log`` and ``train.log`` next to the
-    solvers. Returns the full stage's (iteration, caffemodel) snapshots, oldest first."""
+    stage from its last caffemodel, then the decay stage (when ``paths`` has "solver_decay",
+    ``decay_iters`` long) from the full stage's last caffemodel; logs ``train_freeze.log``,
+    ``train.log`` and ``train_decay.log`` next to the solvers. Returns the (stage, iteration,
+    caffemodel) snapshots of the full stage ("full") and the decay stage ("decay", its own
+    iteration count from 0), oldest first."""
     run_dir = Path(paths["solver"]).parent
     start = Path(weights)
     variant_prefix = _snapshot_prefix(paths["solver"])
@@ -245,8 +280,18 @@ def run_stages(paths: dict, weights: str | os.PathLike, freeze_iters: int, max_i
     echo(f"stage 2, {max_iter} iterations, every layer (log {run_dir / 'train.log'})")
     run_caffe_train(paths["solver"], run_dir / "train.log", weights=str(start),
                     max_iter=max_iter, echo=echo, every=every, gpu=gpu)
-    return [(it, Path(str(state)[:-len(".solverstate")] + ".caffemodel"))
-            for it, state in snapshots(variant_prefix)]
+    stages = [("full", variant_prefix)]
+    if "solver_decay" in paths:
+        start = stage_snapshot(variant_prefix, max_iter)
+        if not start.is_file():
+            raise TrainingError(f"the all-layers stage ended without its snapshot {start}")
+        echo(f"stage 3, {decay_iters} iterations at the decayed learning rate (log "
+             f"{run_dir / 'train_decay.log'})")
+        run_caffe_train(paths["solver_decay"], run_dir / "train_decay.log", weights=str(start),
+                        max_iter=decay_iters, echo=echo, every=every, gpu=gpu)
+        stages.append(("decay", f"{variant_prefix}_decay"))
+    return [(stage, it, Path(str(state)[:-len(".solverstate")] + ".caffemodel"))
+            for stage, prefix in stages for it, state in snapshots(prefix)]
 
 
 def _snapshot_prefix(solver: str | os.PathLike) -> str:

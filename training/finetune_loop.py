@@ -9,8 +9,9 @@
 3. scores before: the dataset's test split (query + gallery) and the validation split, with
    rmnet.eval.evaluate, as tools/eval_market.py computes them;
 4. fine-tuning with the recipe of training/finetune.py on the remaining training identities;
-5. every snapshot (the freeze stage's end and each of the second stage's) scored on the
-   validation split; the best validation mAP is the chosen model (``choose_snapshot``);
+5. every snapshot (the freeze stage's end, each of the second stage's and each of the decay
+   stage's) scored on the validation split; the best validation mAP is the chosen model
+   (``choose_snapshot``);
 6. the chosen model scored on the test split, exported to ONNX and OpenVINO IR
    (rmnet.deploy.export, checked against Caffe), and a report: a table, JSON and a PNG of the
    curves (``write_report``).
@@ -283,19 +284,24 @@ def run_finetune(model: Path, data: Path, out: Path, settings: FinetuneSettings,
     freeze_iters = (inspect_solver(paths["solver_freeze"]).max_iter
                     if "solver_freeze" in paths else 0)
     max_iter = inspect_solver(paths["solver"]).max_iter
+    decay_iters = (inspect_solver(paths["solver_decay"]).max_iter
+                   if "solver_decay" in paths else 0)
     t0 = time.monotonic()
-    snaps = run_stages(paths, init, freeze_iters, max_iter, echo=log, every=30.0)
+    snaps = run_stages(paths, init, freeze_iters, max_iter, echo=log, every=30.0,
+                       decay_iters=decay_iters)
     train_seconds = time.monotonic() - t0
 
     points: list[tuple[int, str, Path]] = []
     if freeze_iters:
         points.append((0, "freeze end", paths["snapshots"] / f"{VARIANT}_freeze_iter_"
                                                               f"{freeze_iters}.caffemodel"))
-    points += [(it, "full", p) for it, p in snaps if it > 0]
+    # one iteration axis: the decay stage's snapshots count on from the second stage's end
+    points += [(it + (max_iter if stage == "decay" else 0), stage, p)
+               for stage, it, p in snaps if it > 0]
     curve = []
     for it, stage, p in points:
         s = score_model(paths["deploy"], p, val, ANY_ASPECT)
-        log(f"validation: stage-2 iteration {it} ({stage}): {s.short()}")
+        log(f"validation: iteration {it} ({stage}): {s.short()}")
         curve.append((it, stage, s))
     best = choose_snapshot(curve)
     chosen = points[best][2]
@@ -321,7 +327,8 @@ def run_finetune(model: Path, data: Path, out: Path, settings: FinetuneSettings,
         before=before, after=after,
         curve=[{"iteration": it, "stage": st, "val": s} for it, st, s in curve],
         chosen={"iteration": points[best][0], "stage": points[best][1],
-                "caffemodel": str(chosen), "freeze_iters": freeze_iters},
+                "caffemodel": str(chosen), "freeze_iters": freeze_iters,
+                "full_iters": max_iter, "decay_iters": decay_iters},
         train_seconds=train_seconds,
         exported={"onnx": rep.onnx, "openvino_xml": rep.openvino_xml,
                   "caffemodel": str(model_dir / "finetuned.caffemodel"),
@@ -354,8 +361,9 @@ def summary_line(result: FinetuneResult) -> str:
 
 
 def plot_finetune(result: FinetuneResult, run_dir: Path, png: Path) -> None:
-    """Three panels against the second stage's iteration (the freeze stage drawn before 0):
-    validation mAP and rank-1 at each snapshot, the training losses, the lr as steps."""
+    """Three panels against the second stage's iteration (the freeze stage drawn before 0, the
+    decay stage after the second's end, shaded): validation mAP and rank-1 at each snapshot,
+    the training losses, the lr as steps."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -363,7 +371,9 @@ def plot_finetune(result: FinetuneResult, run_dir: Path, png: Path) -> None:
     from training.log import read_caffe_log
 
     f = result.chosen.get("freeze_iters", 0)
-    logs = [(-f, run_dir / "train_freeze.log"), (0, run_dir / "train.log")]
+    full, decay = result.chosen.get("full_iters", 0), result.chosen.get("decay_iters", 0)
+    logs = [(-f, "freeze", run_dir / "train_freeze.log"), (0, "", run_dir / "train.log"),
+            (full, "decay", run_dir / "train_decay.log")]
     fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
     ax = axes[0]
     its = [p["iteration"] for p in result.curve]
@@ -372,29 +382,37 @@ def plot_finetune(result: FinetuneResult, run_dir: Path, png: Path) -> None:
     ax.axhline(result.before["val"].mAP, color="grey", linestyle="--",
                label="validation mAP before")
     ax.axvline(result.chosen["iteration"], color="green", alpha=0.4, label="chosen")
+    if decay:
+        for a in axes:
+            a.axvspan(full, full + decay, color="orange", alpha=0.1,
+                      label="decay stage" if a is ax else None)
     ax.set_ylabel("percent (held-out ids)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    for offset, path in logs:
+    lr_label = {"freeze": "freeze stage", "": "all layers", "decay": "decay stage"}
+    colours: dict[str, str] = {}
+    for offset, stage, path in logs:
         if not path.is_file():
             continue
         log = read_caffe_log(path)
         for name in sorted(k for k in log.series if k.startswith("train/")
                            and not k.endswith("per_sample")):
             x, y = log.values(name)
-            if x:
-                axes[1].plot([i + offset for i in x], y, linewidth=1.0,
-                             label=name.removeprefix("train/") + (" (freeze)" if offset else ""))
+            if x:   # one colour per loss across the stages, labelled once
+                line, = axes[1].plot([i + offset for i in x], y, linewidth=1.0,
+                                     color=colours.get(name),
+                                     label=None if name in colours else name.removeprefix("train/"))
+                colours.setdefault(name, line.get_color())
         x, y = log.values("lr")
         if x:
-            axes[2].step([i + offset for i in x], y, where="post",
-                         label="freeze stage" if offset else "all layers")
+            axes[2].step([i + offset for i in x], y, where="post", label=lr_label[stage])
     axes[1].set_ylabel("train losses")
     axes[1].legend(fontsize=7, ncol=2)
     axes[1].grid(alpha=0.3)
     axes[2].set_yscale("log")
     axes[2].set_ylabel("learning rate")
-    axes[2].set_xlabel("iteration of the all-layers stage (freeze stage before 0)")
+    axes[2].set_xlabel("iteration of the all-layers stage (freeze stage before 0, decay stage "
+                       "after its end)")
     axes[2].legend(fontsize=8)
     axes[2].grid(alpha=0.3)
     fig.suptitle(f"fine-tuning {Path(result.model).name} on {Path(result.data).name}")
