@@ -12,6 +12,8 @@ atomic) and the result appears under its real name only once it is complete and 
   the format from the extension (OpenCV, matplotlib) still work.
 - ``atomic_write(path, writer)``: the same, calling ``writer(tmp_path)``.
 - ``atomic_write_bytes`` / ``atomic_write_text``: the common cases.
+- ``atomic_create_text(path, text)``: a new file that must not replace one (a report named by
+  its time): complete under its name at once, ``FileExistsError`` if the name is taken.
 - ``check_output(path, option)``: refuse, before any long work, an output location that cannot
   be written (a folder where a file is wanted or the reverse, a parent that is a file, a read-only
   or unwritable folder); ``OutputError`` names the option, the path and the reason.
@@ -122,6 +124,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding))
 
+
+
+def atomic_create_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to a new file ``path``, atomically, never replacing anything:
+    ``FileExistsError`` if ``path`` exists (also when another process creates it meanwhile:
+    the complete temporary file is hard-linked onto the name, which fails on an existing one)."""
+    path = Path(path)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-",
+                                        suffix=path.suffix)
+        os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with _naming(path, tmp):
+            tmp.write_text(text, encoding=encoding)
+            os.chmod(tmp, 0o666 & ~_umask())
+            fsync_path(tmp)
+            os.link(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
