@@ -200,8 +200,9 @@ def cpu_costs(args: argparse.Namespace, report) -> int:
     from training.gpucheck import NATIVE_CASES, compare_modes, finite_difference, images_per_second
 
     context: dict = {}
-    print(f"gpu_check --cpu-costs: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
-          flush=True)
+    print(f"gpu_check --cpu-costs: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+          f"training {args.iters} iterations at batch {args.batch_size}, speed "
+          f"{args.speed_cpu_iters} at batch {args.speed_batch}", flush=True)
 
     def speed() -> dict:
         log, _ = train(args, context, "speed_cpu", args.speed_cpu_iters, args.speed_batch, None,
@@ -235,11 +236,14 @@ def cpu_costs(args: argparse.Namespace, report) -> int:
         report.running(name)
         numbers = fn()
         wall = round(time.monotonic() - t, 1)
-        result = CheckResult(name, "pass", f"CPU half: {wall:.1f} s", dict(numbers, cpu_s=wall),
+        numbers.update(cpu_s=wall, load_1min=round(os.getloadavg()[0], 1))
+        result = CheckResult(name, "pass", f"CPU half: {wall:.1f} s", numbers,
                              wall_s=wall, short=f"{name} {wall:.0f} s")
         results.append(result)
         report.add(result)
-        print(f"cpu-costs: {name}: {wall:.1f} s {numbers or ''}", flush=True)
+        rate = (f" ({numbers['images_per_s_cpu']:.1f} images/s, "
+                f"{numbers['step_s_cpu']:.2f} s a step)" if numbers.get("images_per_s_cpu") else "")
+        print(f"cpu-costs: {name}: {wall:.1f} s{rate}", flush=True)
     line = summary_line("pass", results, report.path, sum(r.wall_s for r in results))
     code = report.finish("pass", line.replace("gpu_check: PASS", "gpu_check --cpu-costs:", 1))
     print(report.data["summary"], flush=True)

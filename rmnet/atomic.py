@@ -75,6 +75,17 @@ def _naming(path: Path, tmp: Path | None = None) -> Iterator[None]:
         raise
 
 
+def _temporary_beside(path: Path) -> Path:
+    """A new empty temporary file in ``path``'s folder (created if needed), keeping its suffix
+    (writers that pick the format from the extension still work)."""
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-",
+                                        suffix=path.suffix)
+        os.close(fd)
+    return Path(tmp_name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; on success move it onto ``path``.
@@ -85,12 +96,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a directory, cannot write a file there")
-    with _naming(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-",
-                                        suffix=path.suffix)
-        os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temporary_beside(path)
     try:
         with _naming(path, tmp):
             yield tmp
@@ -131,12 +137,7 @@ def atomic_create_text(path: str | os.PathLike, text: str, encoding: str = "utf-
     ``FileExistsError`` if ``path`` exists (also when another process creates it meanwhile:
     the complete temporary file is hard-linked onto the name, which fails on an existing one)."""
     path = Path(path)
-    with _naming(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-",
-                                        suffix=path.suffix)
-        os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temporary_beside(path)
     try:
         with _naming(path, tmp):
             tmp.write_text(text, encoding=encoding)
