@@ -121,6 +121,7 @@ def test_a_run_that_breaks_leaves_an_error_report(tmp_path, monkeypatch, capsys)
     line = f"gpu_check: ERROR RuntimeError: the driver went away; report {path}"
     assert data["status"] == "error" and data["exit_code"] == 1 and data["summary"] == line
     assert "the driver went away" in data["error"]["traceback"]
+    assert data["error"]["check"] == "gpu_check"       # broke outside any check
     out, err = capsys.readouterr()
     assert out.strip().splitlines()[-1] == line and "Traceback" in err
 
