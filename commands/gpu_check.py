@@ -419,8 +419,9 @@ def check_speed(args, context: dict) -> CheckResult:
                            short="speed: no timing")
     detail = (f"light net, batch {args.speed_batch}: {gpu:.0f} images/s on the GPU, "
               f"{cpu:.1f} on the CPU ({gpu / cpu:.1f}x; CPU step {args.speed_batch / cpu:.2f} s)")
+    ratio = f"{gpu / cpu:.0f}x" if gpu / cpu >= 10 else f"{gpu / cpu:.1f}x"
     return CheckResult("speed", "pass", detail, numbers,
-                       short=f"{gpu:.0f} img/s GPU vs {cpu:.0f} img/s CPU = {gpu / cpu:.0f}x")
+                       short=f"{gpu:.0f} img/s GPU vs {cpu:.0f} img/s CPU = {ratio}")
 
 
 def check_nccl(args, count: int, context: dict) -> CheckResult:
