@@ -13,7 +13,9 @@
 #   make ablations     render the Table 2 rows into runs/ablations/{prototxt,solvers}/
 #   make docker-check  run docker/Dockerfile's steps in a fresh Debian root (debootstrap + chroot)
 #   make docker-check-gpu  the same for docker/Dockerfile.gpu (CUDA build; long, not in .ci/run)
-#   make gpu-check     on a machine with a GPU: tools/gpu_check.py (exit 3: no GPU)
+#   make gpu-check     on a machine with a GPU: tools/gpu_check.py (exit 3: no GPU), with the
+#                      .venv-gpu there (setup GPU=1 only when it is missing); its JSON report
+#                      goes to REPORT=dir (default runs/gpu-check), BUDGET=minutes (default 6)
 
 SHELL := /bin/bash
 GPU ?=
@@ -52,6 +54,9 @@ docker-check:
 docker-check-gpu:
 	@/usr/bin/python3 scripts/docker_check.py --gpu docker/Dockerfile.gpu
 
+REPORT ?= runs/gpu-check
+BUDGET ?= 6
 gpu-check:
-	@$(MAKE) --no-print-directory setup GPU=1
-	.venv-gpu/bin/python tools/gpu_check.py
+	@if [ ! -x .venv-gpu/bin/python ] || [ ! -x .venv-gpu/bin/caffe ]; then \
+	  $(MAKE) --no-print-directory setup GPU=1; fi
+	.venv-gpu/bin/python tools/gpu_check.py --report "$(REPORT)" --budget-min "$(BUDGET)"

@@ -12,6 +12,8 @@ atomic) and the result appears under its real name only once it is complete and 
   the format from the extension (OpenCV, matplotlib) still work.
 - ``atomic_write(path, writer)``: the same, calling ``writer(tmp_path)``.
 - ``atomic_write_bytes`` / ``atomic_write_text``: the common cases.
+- ``atomic_create_text(path, text)``: a new file that must not replace one (a report named by
+  its time): complete under its name at once, ``FileExistsError`` if the name is taken.
 - ``check_output(path, option)``: refuse, before any long work, an output location that cannot
   be written (a folder where a file is wanted or the reverse, a parent that is a file, a read-only
   or unwritable folder); ``OutputError`` names the option, the path and the reason.
@@ -73,6 +75,17 @@ def _naming(path: Path, tmp: Path | None = None) -> Iterator[None]:
         raise
 
 
+def _temporary_beside(path: Path) -> Path:
+    """A new empty temporary file in ``path``'s folder (created if needed), keeping its suffix
+    (writers that pick the format from the extension still work)."""
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-",
+                                        suffix=path.suffix)
+        os.close(fd)
+    return Path(tmp_name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; on success move it onto ``path``.
@@ -83,12 +96,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a directory, cannot write a file there")
-    with _naming(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-",
-                                        suffix=path.suffix)
-        os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temporary_beside(path)
     try:
         with _naming(path, tmp):
             yield tmp
@@ -122,6 +130,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding))
 
+
+
+def atomic_create_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to a new file ``path``, atomically, never replacing anything:
+    ``FileExistsError`` if ``path`` exists (also when another process creates it meanwhile:
+    the complete temporary file is hard-linked onto the name, which fails on an existing one)."""
+    path = Path(path)
+    tmp = _temporary_beside(path)
+    try:
+        with _naming(path, tmp):
+            tmp.write_text(text, encoding=encoding)
+            os.chmod(tmp, 0o666 & ~_umask())
+            fsync_path(tmp)
+            os.link(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:

@@ -206,9 +206,27 @@ def test_native_layer_gradients_by_finite_differences_on_gpu(caffe, case):
 
 @needs_gpu
 def test_gpu_check_passes(tmp_path):
-    out = run_tool("tools/gpu_check.py", "--out", str(tmp_path))
+    """The whole check with no budget: every check runs (NCCL only with two GPUs), passes,
+    and the report holds the device, the measurements and the summary line."""
+    import json
+
+    out = run_tool("tools/gpu_check.py", "--out", str(tmp_path / "work"), "--report",
+                   str(tmp_path), "--budget-min", "0")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1].startswith("gpu_check: PASS")
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("gpu_check: PASS")
+    (path,) = tmp_path.glob("gpu_check-*.json")
+    assert last.endswith(f"; report {path}")
+    data = json.loads(path.read_text())
+    assert data["status"] == "pass" and data["exit_code"] == 0 and data["summary"] == last
+    assert data["gpu"]["device"]["compute_capability"] and data["gpu"]["cuda_runtime_version"]
+    checks = {c["name"]: c for c in data["checks"]}
+    assert list(checks) == ["layers light", "fd", "training", "speed", "layers strong", "nccl"]
+    assert all(c["status"] == "pass" for n, c in checks.items() if n != "nccl")
+    assert checks["nccl"]["status"] == ("pass" if STATUS.count > 1 else "skip")
+    speed = checks["speed"]["numbers"]
+    assert speed["images_per_s_gpu"] > speed["images_per_s_cpu"] > 0
+    assert len(checks["training"]["numbers"]["curve_gpu"]) >= 10
 
 
 @needs_gpu

@@ -16,7 +16,6 @@ comparison is CPU against CPU) and gpu_check on a GPU. Seeds fix every random va
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +51,9 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
 class BlobDiff:
     what: str        # "value"/"gradient" of a blob, or "param gradient"
     name: str        # blob or layer[i]
-    error: float
+    error: float     # rel_error
     tolerance: float
+    abs_error: float = 0.0   # max |a - b|
 
     @property
     def ok(self) -> bool:
@@ -112,9 +112,13 @@ def compare_modes(prototxt: str | Path, modes: tuple[str, str] = ("cpu", "gpu"),
         feed[name] = extra.get(i, np.zeros(batch, np.float32))
     params, va, ga, pa = _run(net_param, modes[0], device, feed, None)
     _, vb, gb, pb = _run(net_param, modes[1], device, feed, params)
-    out = [BlobDiff("value", k, rel_error(va[k], vb[k]), FORWARD_TOL) for k in va]
-    out += [BlobDiff("gradient", k, rel_error(ga[k], gb[k]), BACKWARD_TOL) for k in ga]
-    out += [BlobDiff("param gradient", k, rel_error(pa[k], pb[k]), BACKWARD_TOL) for k in pa]
+    def diff(what: str, name: str, a: np.ndarray, b: np.ndarray, tol: float) -> BlobDiff:
+        return BlobDiff(what, name, rel_error(a, b), tol,
+                        float(np.abs(a - b).max(initial=0)))
+
+    out = [diff("value", k, va[k], vb[k], FORWARD_TOL) for k in va]
+    out += [diff("gradient", k, ga[k], gb[k], BACKWARD_TOL) for k in ga]
+    out += [diff("param gradient", k, pa[k], pb[k], BACKWARD_TOL) for k in pa]
     return out
 
 
@@ -273,19 +277,37 @@ def curves_match(cpu: list[tuple[int, float]], gpu: list[tuple[int, float]],
     ``first_tol`` (only rounding differs before the first update), and the mean of the last
     ``tail`` logged losses within ``last_tol`` (hard-sample mining feeds the losses back, so
     small differences change later batches)."""
+    ok, numbers = curve_agreement(cpu, gpu, first_tol, last_tol, tail)
+    if "problem" in numbers:
+        return False, numbers["problem"]
+    n = numbers
+    return ok, (f"first loss {n['first_cpu']:.4f} vs {n['first_gpu']:.4f} "
+                f"({100 * n['first_rel_diff']:.2f}%), last {n['tail']} mean "
+                f"{n['tail_mean_cpu']:.4f} vs {n['tail_mean_gpu']:.4f} "
+                f"({100 * n['tail_rel_diff']:.1f}%)")
+
+
+def curve_agreement(cpu: list[tuple[int, float]], gpu: list[tuple[int, float]],
+                    first_tol: float = 0.01, last_tol: float = 0.10,
+                    tail: int = 5) -> tuple[bool, dict]:
+    """curves_match's rule with its numbers (for a report): the first losses, the means of
+    the last ``tail`` common ones, their relative differences and the tolerances; a
+    "problem" entry when the curves cannot be compared."""
+    numbers: dict = {"first_tol": first_tol, "tail_tol": last_tol}
     if not cpu or not gpu:
-        return False, "no loss in a log"
+        return False, dict(numbers, problem="no loss in a log")
     a, b = dict(cpu), dict(gpu)
     common = sorted(set(a) & set(b))
     if len(common) < 2:
-        return False, "the logs share fewer than two iterations"
+        return False, dict(numbers, problem="the logs share fewer than two iterations")
     first = abs(a[common[0]] - b[common[0]]) / max(abs(a[common[0]]), 1e-6)
     ta = float(np.mean([a[i] for i in common[-tail:]]))
     tb = float(np.mean([b[i] for i in common[-tail:]]))
     last = abs(ta - tb) / max(abs(ta), 1e-6)
-    ok = first <= first_tol and last <= last_tol
-    return ok, (f"first loss {a[common[0]]:.4f} vs {b[common[0]]:.4f} ({100 * first:.2f}%), "
-                f"last {min(tail, len(common))} mean {ta:.4f} vs {tb:.4f} ({100 * last:.1f}%)")
+    numbers.update(first_iteration=common[0], first_cpu=a[common[0]], first_gpu=b[common[0]],
+                   first_rel_diff=first, tail=min(tail, len(common)), tail_mean_cpu=ta,
+                   tail_mean_gpu=tb, tail_rel_diff=last)
+    return first <= first_tol and last <= last_tol, numbers
 
 
 def compare_caffemodels(a: str | Path, b: str | Path, skip_types: tuple[str, ...] = ("BatchNorm",),
@@ -310,6 +332,3 @@ def compare_caffemodels(a: str | Path, b: str | Path, skip_types: tuple[str, ...
         n += 1
     return worst, n, sorted(skip)
 
-
-def summary_json(results: dict) -> str:
-    return json.dumps(results, indent=2, sort_keys=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from dataclasses import dataclass
 
 NO_GPU_EXIT = 3   # exit status of a command line asked for a GPU it cannot have (bad usage: 2)
@@ -128,3 +129,62 @@ def require_gpus(ids: list[int]) -> GPUStatus:
     status = gpu_status()
     check_gpu_ids(ids, status)
     return status
+
+
+def _version(code: int) -> str:
+    """CUDA's integer versions (11080, 13000) as "11.8", "13.0"."""
+    return f"{code // 1000}.{code % 1000 // 10}"
+
+
+def nvidia_driver_version(path: str = "/proc/driver/nvidia/version") -> str | None:
+    """The kernel driver's version ("580.159"), from the file the NVIDIA module provides."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    m = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+(?:\.\d+)+)", text)
+    return m.group(1) if m else None
+
+
+def _call(lib, fn: str, *args) -> bool:
+    """Whether the runtime function ``fn`` exists and returns cudaSuccess."""
+    try:
+        return getattr(lib, fn)(*args) == 0
+    except AttributeError:
+        return False
+
+
+def cuda_versions(cudart: str) -> dict:
+    """The CUDA version of the runtime ``cudart`` and the one the driver supports ("11.8",
+    "13.0"; None where it cannot say, e.g. no driver), and the NVIDIA driver's own version."""
+    lib = ctypes.CDLL(cudart)
+    runtime, driver = ctypes.c_int(0), ctypes.c_int(0)
+    has_runtime = _call(lib, "cudaRuntimeGetVersion", ctypes.byref(runtime))
+    has_driver = _call(lib, "cudaDriverGetVersion", ctypes.byref(driver)) and driver.value > 0
+    return {"cudart": cudart,
+            "cuda_runtime_version": _version(runtime.value) if has_runtime else None,
+            "cuda_driver_version": _version(driver.value) if has_driver else None,
+            "nvidia_driver_version": nvidia_driver_version()}
+
+
+def device_info(cudart: str, device: int) -> dict:
+    """Name, compute capability, multiprocessors and memory of CUDA device ``device``, asked
+    through ``cudart`` (the runtime pycaffe loaded); a value the runtime refuses is None.
+    Asking for the memory creates the device's context (as Caffe's first call would)."""
+    lib = ctypes.CDLL(cudart)
+
+    def attribute(attr: int) -> int | None:
+        v = ctypes.c_int(0)
+        ok = _call(lib, "cudaDeviceGetAttribute", ctypes.byref(v), attr, int(device))
+        return v.value if ok else None
+
+    major, minor = attribute(75), attribute(76)   # cudaDevAttrComputeCapabilityMajor/Minor
+    free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    memory = (_call(lib, "cudaSetDevice", int(device))
+              and _call(lib, "cudaMemGetInfo", ctypes.byref(free), ctypes.byref(total)))
+    return {"index": int(device),
+            "name": device_name(cudart, device),
+            "compute_capability": None if major is None or minor is None else f"{major}.{minor}",
+            "multiprocessors": attribute(16),      # cudaDevAttrMultiProcessorCount
+            "memory_total_bytes": int(total.value) if memory else None}
