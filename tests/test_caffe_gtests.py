@@ -3,8 +3,10 @@ library by scripts/caffe/gtest.sh (make setup builds the test binary with the li
 it in the build cache, so this only runs it: well under a minute on 2 cores)."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 
 from tests.conftest import REPO
 
@@ -26,8 +28,10 @@ EXPECTED_CASES = {
 
 
 def test_caffe_gtests_of_the_patched_layers_pass():
+    # The build of the venv running the suite (.venv, or .venv-gpu under `make test GPU=1`).
+    env = {**os.environ, "RMNET_VENV": sys.prefix}
     out = subprocess.run(["bash", str(REPO / "scripts" / "caffe" / "gtest.sh")],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=900, env=env)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-4000:]
     passed = re.findall(r"^\[       OK \] (\w+)/\d+\.(\w+)", out.stdout, re.M)
