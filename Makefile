@@ -2,6 +2,9 @@
 #   make setup         Debian packages, Caffe built from source (cached), .venv wired to it
 #   make setup GPU=1   the same Caffe built with CUDA 11.8 + NCCL (cached), into .venv-gpu; with
 #                      GPU=1 every target below uses .venv-gpu (the CPU build stays the default)
+#   make setup GPU=1 OFFLINE=dist/rmnet-gpu-bundle.tar.xz   the CUDA build on a machine with no
+#                      network, from the bundle below and its own nvcc/Python (docs/gpu-offline.md)
+#   make gpu-bundle    the archive OFFLINE= takes (on a connected Debian machine; BUNDLE=path)
 #   make test          setup if needed, then the whole test suite
 #   make demo          the main job: synthetic dataset, train the light RMNet, evaluate (~10 min)
 #                      make demo DATA=/path/to/dataset [FORMAT=msmt17|cuhk03-labeled|...] ITERS=N
@@ -21,11 +24,17 @@ PYTEST_ARGS ?=
 DATA ?=
 ITERS ?=
 FORMAT ?=
+OFFLINE ?=
+BUNDLE ?= dist/rmnet-gpu-bundle.tar.xz
 
-.PHONY: setup test demo train prototxt ablations docker-check docker-check-gpu gpu-check
+.PHONY: setup test demo train prototxt ablations docker-check docker-check-gpu gpu-check gpu-bundle
 
 setup:
+ifneq ($(OFFLINE),)
+	@$(if $(filter 1,$(GPU)),,echo "OFFLINE= builds the CUDA Caffe: make setup GPU=1 OFFLINE=$(OFFLINE)" >&2; exit 2;) bash scripts/offline_setup.sh "$(OFFLINE)"
+else
 	@bash scripts/setup.sh $(if $(filter 1,$(GPU)),--gpu)
+endif
 
 test: setup
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
@@ -48,6 +57,9 @@ docker-check:
 
 docker-check-gpu:
 	@/usr/bin/python3 scripts/docker_check.py --gpu docker/Dockerfile.gpu
+
+gpu-bundle:
+	@bash scripts/gpu_bundle.sh "$(BUNDLE)"
 
 gpu-check:
 	@$(MAKE) --no-print-directory setup GPU=1
