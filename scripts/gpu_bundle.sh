@@ -57,8 +57,11 @@ mkdir -p "$B/deps/include" "$B/deps/lib" "$B/deps/bin" "$B/python/site"
 
 # --- Caffe's source, patched --------------------------------------------------------------
 say "caffe source: $CAFFE_DEBIAN_VERSION + $(ls "$ROOT"/scripts/caffe/patches/*.patch | wc -l) patches"
-dpkg-source -x "$SRC_DIR/${CAFFE_SOURCE_PACKAGE}_${CAFFE_DEBIAN_VERSION}.dsc" "$B/caffe-src" >"$WORK/dpkg-source.log" 2>&1 ||
+# (dpkg-source copies the source files beside the folder it makes: not into the bundle.)
+mkdir -p "$WORK/dsc"
+dpkg-source -x "$SRC_DIR/${CAFFE_SOURCE_PACKAGE}_${CAFFE_DEBIAN_VERSION}.dsc" "$WORK/dsc/caffe-src" >"$WORK/dpkg-source.log" 2>&1 ||
   die "dpkg-source -x failed: $(tail -n 1 "$WORK/dpkg-source.log")"
+mv "$WORK/dsc/caffe-src" "$B/caffe-src"
 for p in "$ROOT"/scripts/caffe/patches/*.patch; do
   patch -d "$B/caffe-src" -p1 --forward --batch --quiet <"$p" || die "patch $p does not apply"
 done

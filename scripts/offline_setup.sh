@@ -136,6 +136,13 @@ elif [ -f "$FALLBACK/include/python$PYVER/Python.h" ]; then
 else
   die "$PY (Python $PYVER) has no Python.h in $PYINC and the bundle carries headers only for $(ls "$BUNDLE/python" | grep -v site | tr '\n' ' ')(install python$PYVER-dev, or use one of those)"
 fi
+# Python 3.13 removed PyEval_CallFunction and PyEval_CallMethod, which Boost 1.74's headers
+# (boost/python/call.hpp, call_method.hpp, override.hpp) call with a "(O...)" tuple format, for
+# which PyObject_CallFunction/PyObject_CallMethod do the same (later Boost releases switched so).
+PY_COMPAT=()
+if [ "${PYVER#3.}" -ge 13 ] 2>/dev/null; then
+  PY_COMPAT=(-DPyEval_CallFunction=PyObject_CallFunction -DPyEval_CallMethod=PyObject_CallMethod)
+fi
 PYLIB=$PYLIBDIR/$PYSONAME
 PYLIB_DIR_RPATH=""
 if [ -n "$PYSONAME" ] && [ -f "$PYLIB" ]; then
@@ -202,6 +209,7 @@ if [ ! -f "$PREFIX/.complete" ]; then
   # Boost.Python for this Python (the sources Debian builds libboost_python from).
   progress "boost.python for Python $PYVER ($(find "$BUNDLE/boost-python-src/src" -name '*.cpp' | wc -l) files)"
   incs=(-I"$DEPS/include" -I"$PYINC"); [ -z "$PYINC_EXTRA" ] || incs+=(-I"$PYINC_EXTRA")
+  incs+=("${PY_COMPAT[@]}")
   (cd "$BUNDLE/boost-python-src/src" && find . -name '*.cpp' | LC_ALL=C sort) |
     BUNDLE=$BUNDLE OUTD=$BUILD/boost-python CXXBIN=$HOST_CXX xargs -P "$JOBS" -I{} sh -c \
       'o=$OUTD/$(echo "{}" | tr / _ | sed "s/^\._//; s/\.cpp$/.o/"); exec "$CXXBIN" -c -O2 -fPIC -std=c++14 -DNDEBUG -DBOOST_PYTHON_SOURCE -DBOOST_PYTHON_DYN_LINK -DBOOST_ALL_NO_LIB "$@" -o "$o" "$BUNDLE/boost-python-src/src/{}"' \
@@ -233,7 +241,7 @@ if [ ! -f "$PREFIX/.complete" ]; then
     "-DProtobuf_PROTOC_EXECUTABLE=$DEPS/bin/protoc" "-DPROTOBUF_PROTOC_EXECUTABLE=$DEPS/bin/protoc"
     "-DHDF5_ROOT=$DEPS" -DHDF5_NO_FIND_PACKAGE_CONFIG_FILE=ON
     "-DPYTHON_EXECUTABLE=$PY" "-DPYTHON_INCLUDE_DIR=$PYINC" "-DPYTHON_LIBRARY=$PYLIB"
-    "-DCMAKE_CXX_FLAGS=${PYINC_EXTRA:+-I$PYINC_EXTRA}"
+    "-DCMAKE_CXX_FLAGS=${PYINC_EXTRA:+-I$PYINC_EXTRA }${PY_COMPAT[*]}"
     "-DCMAKE_EXE_LINKER_FLAGS=$link" "-DCMAKE_SHARED_LINKER_FLAGS=$link" "-DCMAKE_MODULE_LINKER_FLAGS=$link"
     "-DCMAKE_INSTALL_PREFIX=$PREFIX" "-DCMAKE_INSTALL_RPATH=$rpath")
   progress "configure (cmake ${gen[*]})"
