@@ -21,6 +21,7 @@
 #
 # Deterministic where cheap: files sorted, owners and times fixed (the project commit's time).
 # Pins: scripts/caffe/source.env (Caffe), scripts/caffe/offline.env (everything else).
+# RMNET_BUNDLE_XZ: xz preset (default -6; e.g. -1 for a quicker, larger archive in trials).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -65,9 +66,9 @@ mv "$WORK/dsc/caffe-src" "$B/caffe-src"
 for p in "$ROOT"/scripts/caffe/patches/*.patch; do
   patch -d "$B/caffe-src" -p1 --forward --batch --quiet <"$p" || die "patch $p does not apply"
 done
-# Not needed to build: Debian's packaging, the docs, example data and models, the Matlab wrapper.
+# Not needed to build: Debian's packaging, the docs, example data and models.
 rm -rf "$B/caffe-src/debian" "$B/caffe-src/.pc" "$B/caffe-src/docs" "$B/caffe-src/data" \
-  "$B/caffe-src/models" "$B/caffe-src/matlab"
+  "$B/caffe-src/models"
 mkdir -p "$B/caffe-src/docs"   # CMakeLists.txt adds it as a subdirectory (BUILD_docs=OFF)
 printf 'cmake_minimum_required(VERSION 2.8.7)\n' >"$B/caffe-src/docs/CMakeLists.txt"
 
@@ -94,6 +95,8 @@ declare -A DEV_NAME=(
   [$LIBDIR/libgflags.so.2.2]=libgflags.so
   [$LIBDIR/libhdf5_serial.so.103]=libhdf5.so
   [$LIBDIR/libhdf5_serial_hl.so.100]=libhdf5_hl.so
+  [$LIBDIR/libhdf5_serial_cpp.so.103]=libhdf5_cpp.so         # CMake's FindHDF5 asks for the C++
+  [$LIBDIR/libhdf5_serial_hl_cpp.so.100]=libhdf5_hl_cpp.so   # ones too (Caffe uses only C's)
   [$LIBDIR/liblmdb.so.0]=liblmdb.so
   [$LIBDIR/openblas-openmp/libopenblas.so.0]=libopenblas.so
 )
@@ -259,7 +262,7 @@ say "archive (xz)"
 mkdir -p "$(dirname "$OUT")"
 tar -C "$WORK" --sort=name --mtime="@$mtime" --owner=0 --group=0 --numeric-owner \
   --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime -cf - "$TOP" |
-  xz -6 -T2 >"$OUT.part"
+  xz "${RMNET_BUNDLE_XZ:--6}" -T2 >"$OUT.part"
 mv "$OUT.part" "$OUT"
 size=$(stat -c %s "$OUT")
 echo "$(sha256 "$OUT")  $(basename "$OUT")" >"$OUT.sha256"

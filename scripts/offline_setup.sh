@@ -222,7 +222,7 @@ if [ ! -f "$PREFIX/.complete" ]; then
   for f in "$DEPS"/lib/libboost_*; do ln -sf "$f" "$BUILD/libs/"; done
   # Caffe.
   rpath="$PREFIX/lib;$DEPS/lib;$CUDA_ROOT/lib${PYLIB_DIR_RPATH:+;$PYLIB_DIR_RPATH}"
-  link="-Wl,--disable-new-dtags -Wl,-rpath-link,$DEPS/lib:$CUDA_ROOT/lib:$STAGE/lib${PYLIB_DIR_RPATH:+:$PYLIB_DIR_RPATH}"
+  link="-Wl,--as-needed -Wl,--disable-new-dtags -Wl,-rpath-link,$DEPS/lib:$CUDA_ROOT/lib:$STAGE/lib${PYLIB_DIR_RPATH:+:$PYLIB_DIR_RPATH}"
   gen=(-G "Unix Makefiles"); command -v ninja >/dev/null && gen=(-G Ninja)
   flags=("${CPU_FLAGS[@]}"
     -DCPU_ONLY=OFF -DUSE_CUDNN=OFF -DUSE_NCCL=ON
@@ -233,6 +233,8 @@ if [ ! -f "$PREFIX/.complete" ]; then
     -DCMAKE_POLICY_VERSION_MINIMUM=3.5 "-DCMAKE_PREFIX_PATH=$DEPS"
     -DBoost_NO_BOOST_CMAKE=ON -DBoost_NO_SYSTEM_PATHS=ON
     "-DBOOST_INCLUDEDIR=$DEPS/include" "-DBOOST_LIBRARYDIR=$BUILD/libs"
+    "-DBoost_PYTHON3_LIBRARY_RELEASE=$BUILD/libs/libboost_python3.so"
+    "-DBoost_PYTHON3_LIBRARY_DEBUG=$BUILD/libs/libboost_python3.so"
     "-DGLOG_INCLUDE_DIR=$DEPS/include" "-DGLOG_LIBRARY=$DEPS/lib/libglog.so"
     "-DGFLAGS_INCLUDE_DIR=$DEPS/include" "-DGFLAGS_LIBRARY=$DEPS/lib/libgflags.so"
     "-DLMDB_INCLUDE_DIR=$DEPS/include" "-DLMDB_LIBRARIES=$DEPS/lib/liblmdb.so"
