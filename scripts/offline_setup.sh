@@ -203,20 +203,27 @@ else
 fi
 if [ ! -f "$PREFIX/.complete" ]; then
   BUILD=$PREFIX.build; STAGE=$PREFIX.stage
-  rm -rf "$BUILD" "$STAGE"; mkdir -p "$BUILD/boost-python" "$BUILD/libs" "$STAGE/lib"
+  rm -rf "$BUILD" "$STAGE"; mkdir -p "$BUILD/libs" "$STAGE/lib"
   LOG=$BUILD/build.log
   progress "log: $LOG"
-  # Boost.Python for this Python (the sources Debian builds libboost_python from).
-  progress "boost.python for Python $PYVER ($(find "$BUNDLE/boost-python-src/src" -name '*.cpp' | wc -l) files)"
-  incs=(-I"$DEPS/include" -I"$PYINC"); [ -z "$PYINC_EXTRA" ] || incs+=(-I"$PYINC_EXTRA")
-  incs+=("${PY_COMPAT[@]}")
-  (cd "$BUNDLE/boost-python-src/src" && find . -name '*.cpp' | LC_ALL=C sort) |
-    BUNDLE=$BUNDLE OUTD=$BUILD/boost-python CXXBIN=$HOST_CXX xargs -P "$JOBS" -I{} sh -c \
-      'o=$OUTD/$(echo "{}" | tr / _ | sed "s/^\._//; s/\.cpp$/.o/"); exec "$CXXBIN" -c -O2 -fPIC -std=c++14 -DNDEBUG -DBOOST_PYTHON_SOURCE -DBOOST_PYTHON_DYN_LINK -DBOOST_ALL_NO_LIB "$@" -o "$o" "$BUNDLE/boost-python-src/src/{}"' \
-      _ "${incs[@]}" >>"$LOG" 2>&1 ||
-    die "building Boost.Python for Python $PYVER failed: read $LOG (last line: $(grep -v '^$' "$LOG" | tail -n 1 | cut -c1-160))"
-  "$HOST_CXX" -shared -Wl,-soname,lib$BPY.so.1.74.0 -o "$STAGE/lib/lib$BPY.so.1.74.0" "$BUILD"/boost-python/*.o >>"$LOG" 2>&1 ||
-    die "linking lib$BPY failed: read $LOG"
+  # Boost.Python for this Python (the sources Debian builds libboost_python from), kept in its
+  # own cache folder: each object is compiled once, so a failed or changed Caffe build reuses it.
+  BPY_DIR=$CACHE/offline/$BPY-$(echo "$BUNDLE $PYINC $HOST_CXX $("$HOST_CXX" -dumpfullversion) ${PY_COMPAT[*]}" | sha256sum | cut -c1-12)
+  mkdir -p "$BPY_DIR/obj"
+  if [ ! -f "$BPY_DIR/lib$BPY.so.1.74.0" ]; then
+    progress "boost.python for Python $PYVER ($(find "$BUNDLE/boost-python-src/src" -name '*.cpp' | wc -l) files)"
+    incs=(-I"$DEPS/include" -I"$PYINC"); [ -z "$PYINC_EXTRA" ] || incs+=(-I"$PYINC_EXTRA")
+    incs+=("${PY_COMPAT[@]}")
+    (cd "$BUNDLE/boost-python-src/src" && find . -name '*.cpp' | LC_ALL=C sort) |
+      BUNDLE=$BUNDLE OUTD=$BPY_DIR/obj CXXBIN=$HOST_CXX xargs -P "$JOBS" -I{} sh -c \
+        'o=$OUTD/$(echo "{}" | tr / _ | sed "s/^\._//; s/\.cpp$/.o/"); [ -f "$o" ] && exit 0; "$CXXBIN" -c -O2 -fPIC -std=c++14 -DNDEBUG -DBOOST_PYTHON_SOURCE -DBOOST_PYTHON_DYN_LINK -DBOOST_ALL_NO_LIB "$@" -o "$o.tmp" "$BUNDLE/boost-python-src/src/{}" && mv "$o.tmp" "$o"' \
+        _ "${incs[@]}" >>"$LOG" 2>&1 ||
+      die "building Boost.Python for Python $PYVER failed: read $LOG (last line: $(grep -v '^$' "$LOG" | tail -n 1 | cut -c1-160))"
+    "$HOST_CXX" -shared -Wl,-soname,lib$BPY.so.1.74.0 -o "$BPY_DIR/lib$BPY.so.tmp" "$BPY_DIR"/obj/*.o >>"$LOG" 2>&1 ||
+      die "linking lib$BPY failed: read $LOG"
+    mv "$BPY_DIR/lib$BPY.so.tmp" "$BPY_DIR/lib$BPY.so.1.74.0"
+  fi
+  cp "$BPY_DIR/lib$BPY.so.1.74.0" "$STAGE/lib/"
   ln -sf "$STAGE/lib/lib$BPY.so.1.74.0" "$BUILD/libs/lib$BPY.so"
   ln -sf "$STAGE/lib/lib$BPY.so.1.74.0" "$BUILD/libs/libboost_python3.so"
   for f in "$DEPS"/lib/libboost_*; do ln -sf "$f" "$BUILD/libs/"; done
