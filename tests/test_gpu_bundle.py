@@ -224,3 +224,26 @@ def test_real_bundle_manifest_matches_its_files_and_this_checkout():
     for part in ("deps/bin/protoc.real", "deps/lib/libcaffe_never.so"):
         assert (part in listed) == (part == "deps/bin/protoc.real")
     assert any(n.startswith("boost-python-src/src/") for n in listed)
+
+
+# --- the plugin `make test-offline` loads --------------------------------------------------
+
+def test_absent_optional_package_skips_and_nothing_else(tmp_path):
+    import importlib.util
+    (tmp_path / "test_generated.py").write_text(
+        "def test_optional():\n"
+        "    raise ModuleNotFoundError(\"No module named 'onnx'\", name='onnx')\n"
+        "def test_other_module():\n"
+        "    raise ModuleNotFoundError(\"No module named 'not_a_package_here'\", name='not_a_package_here')\n"
+        "def test_assertion():\n"
+        "    assert 1 == 2\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "tests.absent_packages",
+                          "-p", "no:cacheprovider", str(tmp_path / "test_generated.py")],
+                         capture_output=True, text=True, cwd=REPO)
+    onnx_absent = importlib.util.find_spec("onnx") is None
+    summary = out.stdout.strip().splitlines()[-1]
+    if onnx_absent:
+        assert "2 failed, 1 skipped" in summary, out.stdout
+        assert "needs onnx, which this machine's Python lacks" in out.stdout
+    else:   # installed here: its failure is a real failure
+        assert "3 failed" in summary, out.stdout
