@@ -186,17 +186,24 @@ def test_python_without_numpy_is_refused(tmp_path):
 def test_no_cuda_toolkit_is_a_clear_error(tmp_path):
     import sysconfig
     pytest.importorskip("numpy")
-    if list(Path("/usr/local").glob("cuda*")) or shutil.which("nvcc"):
-        pytest.skip("this machine has a CUDA toolkit")
+    if list(Path("/usr/local").glob("cuda*")):
+        pytest.skip("this machine has a CUDA toolkit in /usr/local")
     if any((Path(p) / "nvidia").is_dir() for p in sys.path if p):
         pytest.skip("this Python has NVIDIA wheels")
     inc = Path(sysconfig.get_paths()["include"]) / "Python.h"
     lib = Path(sysconfig.get_config_var("LIBDIR") or "/") / (sysconfig.get_config_var("INSTSONAME") or "-")
     if not inc.is_file() or not lib.is_file():
         pytest.skip(f"this Python lacks {inc} or {lib} (the error would be about those)")
+    # PATH: every program of /usr/bin and /bin but nvcc (Debian's toolkit puts one in /usr/bin).
+    path = tmp_path / "path"
+    path.mkdir()
+    for d in ("/usr/bin", "/bin"):
+        for f in Path(d).iterdir():
+            if f.name != "nvcc" and not (path / f.name).exists():
+                (path / f.name).symlink_to(f)
     bundle = make_bundle(tmp_path, FILES)
     out = run([str(bundle)], {"RMNET_CACHE": str(tmp_path / "cache"), "RMNET_PYTHON": sys.executable,
-                              "CUDA_HOME": "", "CUDA_PATH": ""})
+                              "CUDA_HOME": "", "CUDA_PATH": "", "PATH": str(path)})
     assert out.returncode == 1
     assert "no CUDA toolkit (nvcc via CUDA_HOME, PATH or /usr/local/cuda*)" in out.stderr
 
