@@ -220,7 +220,8 @@ pkgs=$(for p in $BUNDLE_DEV_PACKAGES; do echo "$p $(dpkg-query -W -f='${Version}
   # the Debian package of every carried library
   for f in "$B"/deps/lib/*; do
     [ -L "$f" ] && continue
-    for cand in "$LIBDIR/$(basename "$f")" "/lib/$MULTIARCH/$(basename "$f")" "$LIBDIR/openblas-openmp/$(basename "$f")"; do
+    # (openblas-openmp first: $LIBDIR/libopenblas.so.0 is the alternatives' pthread variant)
+    for cand in "$LIBDIR/openblas-openmp/$(basename "$f")" "$LIBDIR/$(basename "$f")" "/lib/$MULTIARCH/$(basename "$f")"; do
       [ -e "$cand" ] || continue
       p=$(dpkg -S "$(readlink -f "$cand")" 2>/dev/null | head -n 1 | cut -d: -f1) || true
       [ -n "$p" ] && echo "$p $(dpkg-query -W -f='${Version}' "$p")" && break
