@@ -260,11 +260,17 @@ if [ ! -f "$PREFIX/.complete" ]; then
   grep -q 'HAVE_PYTHON\|Python' "$BUILD/obj/CMakeCache.txt" || true
   progress "compile on $JOBS jobs (sm $ARCH_BIN)"
   set +e
-  cmake --build "$BUILD/obj" -j "$JOBS" 2>&1 | tee -a "$LOG" | awk '
-    { p = -1 }
-    match($0, /^\[ *[0-9]+%\]/) { p = substr($0, RSTART + 1, RLENGTH - 3) + 0 }
-    match($0, /^\[[0-9]+\/[0-9]+\]/) { split(substr($0, 2, RLENGTH - 2), a, "/"); p = int(100 * a[1] / a[2]) }
-    p >= last + 10 { last = p - p % 10; printf "    caffe build %d%%\n", last; fflush() }'
+  # Progress in steps of 10% from make's "[ 42%]" or ninja's "[42/263]" (read line by line:
+  # mawk, Debian's and Ubuntu's awk, holds back piped input until its buffer fills).
+  cmake --build "$BUILD/obj" -j "$JOBS" 2>&1 | tee -a "$LOG" | {
+    last=0
+    while IFS= read -r line; do
+      p=-1
+      if [[ $line =~ ^\[\ *([0-9]+)%\] ]]; then p=${BASH_REMATCH[1]}
+      elif [[ $line =~ ^\[([0-9]+)/([0-9]+)\] ]]; then p=$((100 * BASH_REMATCH[1] / BASH_REMATCH[2])); fi
+      if [ "$p" -ge $((last + 10)) ]; then last=$((p - p % 10)); progress "caffe build $last%"; fi
+    done
+  }
   rc=${PIPESTATUS[0]}
   set -e
   [ "$rc" -eq 0 ] || die "caffe build failed: read $LOG (last error: $(grep -m1 -i 'error' "$LOG" | cut -c1-160))"
