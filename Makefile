@@ -4,7 +4,12 @@
 #                      every target below uses .venv-gpu (the CPU build stays the default).
 #                      CUDA=wheels|debian|/path/to/toolkit picks the toolkit (docs/gpus.md;
 #                      default: by the NVIDIA driver, else NVIDIA's CUDA 13 wheels)
+#   make setup GPU=1 OFFLINE=dist/rmnet-gpu-bundle.tar.xz   the CUDA build on a machine with no
+#                      network, from the bundle below and its own nvcc/Python (docs/gpu-offline.md)
+#   make gpu-bundle    the archive OFFLINE= takes (on a connected Debian machine; BUNDLE=path)
 #   make test          setup if needed, then the whole test suite
+#   make test-offline  the same, where the optional packages (OpenVINO, NNCF, FAISS, ONNX) may be
+#                      absent: tests failing only for that are reported as skipped, naming them
 #   make demo          the main job: synthetic dataset, train the light RMNet, evaluate (~10 min)
 #                      make demo DATA=/path/to/dataset [FORMAT=msmt17|cuhk03-labeled|...] ITERS=N
 #                                         on another dataset (any layout rmnet.data.datasets reads)
@@ -26,14 +31,23 @@ PYTEST_ARGS ?=
 DATA ?=
 ITERS ?=
 FORMAT ?=
+OFFLINE ?=
+BUNDLE ?= dist/rmnet-gpu-bundle.tar.xz
 
-.PHONY: setup test demo train prototxt ablations docker-check docker-check-gpu gpu-check
+.PHONY: setup test test-offline demo train prototxt ablations docker-check docker-check-gpu gpu-check gpu-bundle
 
 setup:
+ifneq ($(OFFLINE),)
+	@$(if $(filter 1,$(GPU)),,echo "OFFLINE= builds the CUDA Caffe: make setup GPU=1 OFFLINE=$(OFFLINE)" >&2; exit 2;) bash scripts/offline_setup.sh "$(OFFLINE)"
+else
 	@$(if $(CUDA),RMNET_CUDA="$(CUDA)" )bash scripts/setup.sh $(if $(filter 1,$(GPU)),--gpu)
+endif
 
 test: setup
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+
+test-offline: setup
+	$(PYTHON) -m pytest tests -p tests.absent_packages $(PYTEST_ARGS)
 
 demo: setup
 	$(PYTHON) tools/demo.py $(if $(DATA),--data "$(DATA)") $(if $(FORMAT),--format $(FORMAT)) $(if $(ITERS),--iters $(ITERS))
@@ -53,6 +67,9 @@ docker-check:
 
 docker-check-gpu:
 	@/usr/bin/python3 scripts/docker_check.py --gpu docker/Dockerfile.gpu
+
+gpu-bundle:
+	@bash scripts/gpu_bundle.sh "$(BUNDLE)"
 
 REPORT ?= runs/gpu-check
 BUDGET ?= 6
