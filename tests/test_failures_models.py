@@ -230,6 +230,28 @@ def test_the_embedder_falls_back_to_pycaffe_when_the_export_cannot_serve(tmp_pat
                                cache_dir=tmp_path / "cache")
 
 
+def test_an_opencv_without_its_caffe_importer_is_not_chosen_and_says_why(tmp_path, untrained,
+                                                                         monkeypatch):
+    """OpenCV 5 dropped cv2.dnn.readNetFromCaffe: "auto" must pass over OpenCV for Caffe files
+    (here OpenVINO and ONNX Runtime are hidden, so OpenCV would be next), and asking for it by
+    name is a clear RuntimeUnavailable, not an AttributeError."""
+    cv2 = pytest.importorskip("cv2")
+    import rmnet.deploy.backends as backends
+    import rmnet.deploy.embedder as embedder
+    if hasattr(cv2.dnn, "readNetFromCaffe"):
+        monkeypatch.delattr(cv2.dnn, "readNetFromCaffe")
+    real = backends.runtime_available
+    hidden = lambda r: r not in ("openvino", "onnxruntime") and real(r)  # noqa: E731
+    monkeypatch.setattr(backends, "runtime_available", hidden)
+    monkeypatch.setattr(embedder, "runtime_available", hidden)
+    emb = embedder.Embedder.load([LIGHT, untrained], cache_dir=tmp_path / "cache")
+    assert emb.runtime == "pycaffe"
+    with pytest.raises(backends.RuntimeUnavailable, match="opencv"):
+        embedder.Embedder.load([LIGHT, untrained], runtime="opencv", cache_dir=tmp_path / "cache")
+    with pytest.raises(backends.RuntimeUnavailable, match="has no Caffe importer"):
+        backends.OpenCVBackend(LIGHT, untrained)
+
+
 def test_the_embedder_warns_once_about_crops_evaluation_would_refuse(tmp_path):
     import cv2
     import numpy as np

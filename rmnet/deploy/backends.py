@@ -37,6 +37,16 @@ def runtime_available(runtime: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def opencv_reads_caffe() -> bool:
+    """Whether the installed OpenCV's DNN module has its Caffe importer (OpenCV 5 dropped it;
+    its ONNX importer remains)."""
+    if not runtime_available("opencv"):
+        return False
+    import cv2
+
+    return hasattr(cv2.dnn, "readNetFromCaffe")
+
+
 def available_runtimes() -> list[str]:
     return [r for r in RUNTIMES if runtime_available(r)]
 
@@ -95,6 +105,11 @@ class OpenCVBackend(Backend):
         if weights is not None:
             # The graph check refuses a caffemodel that does not fit, naming the layer (OpenCV
             # would load it anyway and keep whatever it could not match).
+            if not opencv_reads_caffe():
+                raise RuntimeUnavailable(
+                    f"OpenCV {cv2.__version__} has no Caffe importer (cv2.dnn.readNetFromCaffe; "
+                    f"OpenCV 5 dropped it): it cannot run {weights}; export it to ONNX "
+                    f"(tools/export.py) or use another runtime")
             graph = load_graph(model, weights)
             self.net = cv2.dnn.readNetFromCaffe(str(model), str(weights))
             if input_hw is None:

@@ -56,7 +56,7 @@ from rmnet.caffe.caffemodel import sha256_file
 from rmnet.data.images import MAX_ASPECT_CHANGE, aspect_off, iter_blobs, resize_to, to_blob
 from rmnet.deploy.backends import (RUNTIMES, Backend, OnnxRuntimeBackend, OpenCVBackend,
                                    OpenVINOBackend, PycaffeBackend, RuntimeUnavailable,
-                                   available_runtimes, runtime_available)
+                                   available_runtimes, opencv_reads_caffe, runtime_available)
 from rmnet.deploy.export import ExportCheckError, export
 from rmnet.deploy.graph import ExportError
 from rmnet.eval.metrics import l2_normalize
@@ -108,6 +108,8 @@ def _runs(runtime: str, kinds: dict[str, Path]) -> bool:
         return runtime in ("openvino", "onnxruntime", "opencv")
     if runtime in ("openvino", "onnxruntime"):   # caffe files, exported on first use
         return runtime_available(runtime) and importlib.util.find_spec("onnx") is not None
+    if runtime == "opencv":                      # caffe files, read by OpenCV's importer
+        return opencv_reads_caffe()
     return True
 
 
