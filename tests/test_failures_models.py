@@ -7,6 +7,8 @@ what the re-run probe across tools/ found (Caffe's and FAISS's writers on a full
 that would have been ignored, out-of-range values, a train net given as the deploy net)."""
 from __future__ import annotations
 
+import importlib.util
+
 import subprocess
 import sys
 import warnings
@@ -207,7 +209,10 @@ def test_the_embedder_falls_back_to_pycaffe_when_the_export_cannot_serve(tmp_pat
     import numpy as np
 
     import rmnet.deploy.embedder as embedder
+    from rmnet.deploy.backends import available_runtimes
     from rmnet.deploy.export import random_caffemodel
+    if "onnxruntime" not in available_runtimes() or importlib.util.find_spec("onnx") is None:
+        pytest.skip("needs ONNX Runtime and onnx: the exporting runtime that falls back")
     crop = np.zeros((128, 64, 3), np.uint8)
     # a net the exporter cannot convert (padded ceil-mode pooling), Caffe runs it
     proto = tmp_path / "ceil.prototxt"
