@@ -16,7 +16,9 @@ import pytest
 from rmnet.atomic import atomic_create_text
 from rmnet.caffe.gpu import gpu_status, nvidia_driver_version
 from training.gpucheck_report import (CheckResult, Report, budget_decision, failed_check,
-                                      new_report_path, run_estimate_s, summary_line)
+                                      new_report_path, project_commit, run_estimate_s,
+                                      summary_line)
+from rmnet.paths import REPO as PROJECT
 from tests.conftest import REPO
 
 STATUS = gpu_status()
@@ -44,7 +46,8 @@ def test_no_gpu_writes_a_complete_report_and_exits_3(tmp_path):
     assert data["gpu"]["count"] == 0 and data["gpu"]["reason"] == STATUS.reason
     assert isinstance(data["caffe"]["has_nccl"], bool)
     assert data["caffe"]["cuda"] == (STATUS.cudart is not None)
-    assert re.fullmatch(r"[0-9a-f]{40}", data["project"]["commit"])    # the tests run in git
+    # the project the tool runs from: git's commit, or unknown in a copied tree with no .git
+    assert data["project"] == project_commit(PROJECT)
     assert data["settings"]["budget_min"] == 6.0 and data["settings"]["speed_batch"] == 64
     assert data["argv"][:2] == ["--report", str(folder)]
     assert data["host"]["cpus"] >= 1 and data["wall_s"] >= 0
@@ -206,3 +209,25 @@ def test_nvidia_driver_version(tmp_path, text, version):
     (tmp_path / "version").write_text(text)
     assert nvidia_driver_version(str(tmp_path / "version")) == version
     assert nvidia_driver_version(str(tmp_path / "absent")) is None
+
+
+def test_project_commit_from_git_then_environment_then_unknown(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "f.txt").write_text("one\n")
+    monkeypatch.delenv("RMNET_COMMIT", raising=False)
+    unknown = project_commit(repo)                  # a copied tree: no .git
+    assert unknown["commit"] is None and unknown["source"].startswith("unknown")
+    monkeypatch.setenv("RMNET_COMMIT", "abc123")
+    assert project_commit(repo) == {"commit": "abc123", "dirty": None, "source": "RMNET_COMMIT"}
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "f.txt"], check=True)
+    subprocess.run(git + ["commit", "-qm", "one"], check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    clean = project_commit(repo)                    # git wins over the environment
+    assert clean == {"commit": head, "dirty": False, "source": "git"}
+    assert re.fullmatch(r"[0-9a-f]{40}", clean["commit"])
+    (repo / "f.txt").write_text("two\n")
+    assert project_commit(repo)["dirty"] is True
