@@ -18,9 +18,10 @@ SOLVER_NAMES = {"light": "market", "strong": "market_strong"}
 COMMITTED = ("light", "strong", "light_relu")
 
 
-# Recipes rendered by their own tools into each run folder (tools/train.py --finetune,
-# tools/finetune.py): neither committed nor a Table 2 row.
-RECIPES = ("finetune",)
+# Recipes rendered into each run folder by their own tools (tools/train.py --finetune,
+# tools/finetune.py) or for a dataset (tools/train.py --variant scratch_small --data DIR):
+# neither committed nor a Table 2 row.
+RECIPES = ("finetune", "scratch_small")
 
 
 def ablation_variants() -> list[str]:

@@ -532,7 +532,7 @@ def test_invalid_json_names_file_and_line(tmp_path):
 
 
 def test_shipped_variants_are_all_valid():
-    assert set(TABLE2) | {"light", "strong", "light_relu", "finetune"} == set(VARIANTS)
+    assert set(TABLE2) | {"light", "strong", "light_relu", "finetune", "scratch_small"} == set(VARIANTS)
     for v in VARIANTS:
         load_variant(v)
 
@@ -681,6 +681,26 @@ def test_market_solver_is_the_papers_schedule():
     # Dropout is switched off in the last, lr 1e-4 phase, before training ends.
     switch = load_variant("light").config["dropout"]["switch_off_iter"]
     assert 2 * s.stepsize <= switch < s.max_iter
+
+
+def test_scratch_small_is_a_short_schedule_that_ends_at_1e3():
+    from generator import render_solver
+    s = render_solver("scratch_small").solver
+    cfg = load_variant("scratch_small").config
+
+    def lr(it: int) -> float:          # Caffe's "step" policy
+        return s.base_lr * s.gamma ** (it // s.stepsize)
+    assert s.lr_policy == "step" and s.max_iter == 4200 and s.snapshot == 600
+    assert lr(0) == pytest.approx(0.01) and lr(s.max_iter - 1) == pytest.approx(0.001, rel=1e-4)
+    assert lr(s.max_iter - 1) < lr(0)                          # no 1e-4 phase, but a decay
+    # the paper's ramps and the dropout switch-off fall inside the run, dropout off at 1e-3
+    assert lr(cfg["dropout"]["switch_off_iter"]) == pytest.approx(0.001, rel=1e-4)
+    assert cfg["dropout"]["switch_off_iter"] < s.max_iter
+    assert cfg["data"]["difficulty_ramp_iters"] < s.max_iter
+    assert cfg["losses"]["smart_margins"]["ramp_iters"] < s.max_iter
+    am = [json.loads(l.python_param.param_str) for l in render("scratch_small", "train").net.layer
+          if l.python_param.layer == "AMSoftmaxLossLayer"]
+    assert len(am) == 1 and am[0]["margin"] == 0.0 and am[0]["scale"] == 30.0
 
 
 def test_iter_size_reaches_the_layers_that_count_iterations():
