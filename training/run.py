@@ -137,12 +137,13 @@ def init_weights(prototxt: str | os.PathLike, out: str | os.PathLike, seed: int 
 def calibrate_batchnorm(deploy: str | os.PathLike, weights: str | os.PathLike,
                         image_paths: list[str], out: str | os.PathLike, batch_size: int = 32,
                         batches: int = 10, seed: int = 0) -> None:
-    """Give an untrained net real BatchNorm statistics (an initial caffemodel has identity
-    placeholders; Caffe's own fresh nets have zeros, which its TEST phase turns into a division
-    by sqrt(eps)): run ``batches`` batches of random
-    training images through the net in the TRAIN phase, where Caffe's BatchNorm accumulates its
-    statistics, and save. The weights themselves are unchanged: this is still the untrained
-    network, measured fairly."""
+    """Give a net BatchNorm statistics measured on ``image_paths``: run ``batches`` batches of
+    random training images through the net in the TRAIN phase, where Caffe's BatchNorm
+    accumulates its statistics from zero, and save (the deploy net's layers). Every other blob
+    is unchanged. For an untrained net (an initial caffemodel has identity placeholders; Caffe's
+    own fresh nets have zeros, which its TEST phase turns into a division by sqrt(eps)) this is
+    still the untrained network, measured fairly; for a trained one (tools/bn_stats.py) it
+    replaces running averages that lag behind weights which moved fast."""
     caffe = import_caffe()
 
     net = caffe.Net(str(deploy), caffe.TRAIN, weights=str(weights))
