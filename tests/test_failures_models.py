@@ -210,6 +210,7 @@ def test_an_export_this_python_cannot_do_is_one_line_before_pycaffe_runs(tmp_pat
     unimportable for this process (a None in sys.modules), as on a machine without it."""
     from commands import export
     from rmnet.deploy import export as exporter
+    from rmnet.deploy.graph import ExportError
     weights = exporter.random_caffemodel(LIGHT, tmp_path / "w.caffemodel")
     monkeypatch.setitem(sys.modules, hidden, None)
 
@@ -223,6 +224,10 @@ def test_an_export_this_python_cannot_do_is_one_line_before_pycaffe_runs(tmp_pat
               else "no runtime to check the ONNX export with")
     assert code == 2 and needle in line and out == "", err
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ExportError) as e:      # the library's error says which import failed
+        exporter.export(LIGHT, weights, tmp_path / "out", openvino=False)
+    assert isinstance(e.value.__cause__, ModuleNotFoundError)
+    assert e.value.__cause__.name in (hidden, "onnx")
 
 
 @needs("onnx", "onnxruntime")   # the exporting runtime that falls back
@@ -346,7 +351,8 @@ def test_a_gallery_build_on_a_full_disk_leaves_nothing(tmp_path, small_fs):  # n
     assert sorted(p.name for p in mnt.iterdir()) == ["filler"]      # not even the folder
 
 
-@pytest.mark.parametrize("openvino", [False, True])
+@pytest.mark.parametrize("openvino", [pytest.param(False, marks=needs("onnx", "onnxruntime")),
+                                      pytest.param(True, marks=needs("onnx", "openvino"))])
 def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, openvino):
     """ONNX's writer raises an OSError naming no file, OpenVINO's a bare RuntimeError: both are
     the one line naming the file; the --out folder the export made is removed again."""

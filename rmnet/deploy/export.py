@@ -231,16 +231,22 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
 
 def check_packages(openvino: bool) -> None:
     """ExportError naming the package this Python lacks for an export: ``onnx`` to write the
-    model, ONNX Runtime (or OpenVINO, with ``openvino=True``) to check it, OpenVINO for the IR."""
+    model, ONNX Runtime (or OpenVINO, with ``openvino=True``) to check it, OpenVINO for the IR.
+    Its cause is the ModuleNotFoundError an import would raise (callers may look for it)."""
+    def lacking(module: str, message: str) -> ExportError:
+        err = ExportError(message)
+        err.__cause__ = ModuleNotFoundError(f"No module named {module!r}", name=module)
+        return err
+
     if importlib.util.find_spec("onnx") is None:
-        raise ExportError("exporting needs the onnx package, which this Python lacks (pip "
-                          "install onnx; see requirements.txt)")
+        raise lacking("onnx", "exporting needs the onnx package, which this Python lacks (pip "
+                              "install onnx; see requirements.txt)")
     if openvino and not runtime_available("openvino"):
-        raise ExportError("--openvino needs the openvino package (pip install openvino; see "
-                          "requirements.txt)")
+        raise lacking("openvino", "--openvino needs the openvino package (pip install openvino; "
+                                  "see requirements.txt)")
     if not openvino and not runtime_available("onnxruntime"):
-        raise ExportError("no runtime to check the ONNX export with: install onnxruntime or "
-                          "openvino (requirements.txt)")
+        raise lacking("onnxruntime", "no runtime to check the ONNX export with: install "
+                                     "onnxruntime or openvino (requirements.txt)")
 
 
 def _write_checked(model, blob, ref, report, prototxt, weights, out_dir, name, openvino, check,
