@@ -13,7 +13,9 @@
 #   3. cuda         one toolkit folder (scripts/caffe/cuda_root.sh) from the toolkit and the
 #                   Python's NVIDIA wheels; NCCL must be there
 #   4. build        Boost.Python against this Python, then Caffe (CUDA for the GPU's own compute
-#                   capability, NCCL, pycaffe with Python layers) on all cores, installed into
+#                   capability, NCCL, pycaffe with Python layers) and Caffe's gtests of the
+#                   layers the project patches (<prefix>/test/test.testbin, as scripts/setup.sh
+#                   builds them; run by scripts/caffe/gtest.sh) on all cores, installed into
 #                   $RMNET_CACHE/caffe/offline-cuda<version>-<key>
 #   5. wire         .venv-gpu: a venv of this Python that sees its packages, pycaffe, the project
 #                   (and six if it lacks it); .venv-gpu/bin/caffe
@@ -186,7 +188,12 @@ progress "compute capability $ARCH_BIN (PTX $ARCH_PTX), host compiler $HOST_CXX 
 # --- 4. build ------------------------------------------------------------------------------
 mapfile -t CPU_FLAGS < <("$ROOT/scripts/setup.sh" --print-cmake-flags)
 [ ${#CPU_FLAGS[@]} -gt 0 ] || die "scripts/setup.sh --print-cmake-flags printed nothing"
+# The gtests setup.sh builds (its -DBUILD_only_tests), and PlatformTest, as its CUDA build adds.
+GTESTS=$(printf '%s\n' "${CPU_FLAGS[@]}" | sed -n 's/^-DBUILD_only_tests=//p' | tail -n 1)
+[ -n "$GTESTS" ] || die "scripts/setup.sh --print-cmake-flags names no gtests (-DBUILD_only_tests)"
+GTESTS+=,platform
 KEY=$( {
+  echo "gtests $GTESTS"
   echo "bundle $(basename "$(dirname "$BUNDLE")")"; echo "python $PY $PYVER $PYINC $PYLIB $NUMPY_INC"
   echo "cuda $NVCC_VERSION $CUDA_ROOT $ARCH_BIN $ARCH_PTX"; echo "cxx $HOST_CXX $("$HOST_CXX" -dumpfullversion)"
   echo "cmake $(cmake --version | head -n 1)"; printf '%s\n' "${CPU_FLAGS[@]}"
@@ -252,7 +259,7 @@ if [ ! -f "$PREFIX/.complete" ]; then
     "-DPYTHON_EXECUTABLE=$PY" "-DPYTHON_INCLUDE_DIR=$PYINC" "-DPYTHON_LIBRARY=$PYLIB"
     "-DCMAKE_CXX_FLAGS=${PYINC_EXTRA:+-I$PYINC_EXTRA }${PY_COMPAT[*]}"
     "-DCMAKE_EXE_LINKER_FLAGS=$link" "-DCMAKE_SHARED_LINKER_FLAGS=$link" "-DCMAKE_MODULE_LINKER_FLAGS=$link"
-    "-DCMAKE_INSTALL_PREFIX=$PREFIX" "-DCMAKE_INSTALL_RPATH=$rpath")
+    "-DCMAKE_INSTALL_PREFIX=$PREFIX" "-DCMAKE_INSTALL_RPATH=$rpath" "-DBUILD_only_tests=$GTESTS")
   progress "configure (cmake ${gen[*]})"
   printf '%s\n' "${flags[@]}" >"$BUILD/cmake-flags.txt"
   cmake -S "$BUNDLE/caffe-src" -B "$BUILD/obj" "${gen[@]}" "${flags[@]}" >>"$LOG" 2>&1 ||
@@ -274,18 +281,29 @@ if [ ! -f "$PREFIX/.complete" ]; then
   rc=${PIPESTATUS[0]}
   set -e
   [ "$rc" -eq 0 ] || die "caffe build failed: read $LOG (last error: $(grep -m1 -i 'error' "$LOG" | cut -c1-160))"
+  t_gtests=$SECONDS
+  progress "caffe's gtests of the patched layers (test.testbin: ${GTESTS//,/ })"
+  cmake --build "$BUILD/obj" -j "$JOBS" --target test.testbin >>"$LOG" 2>&1 ||
+    die "building Caffe's gtests failed: read $LOG (last error: $(grep -i 'error' "$LOG" | tail -n 1 | cut -c1-160))"
+  progress "gtests built in $((SECONDS - t_gtests)) s"
   DESTDIR=$STAGE/root cmake --install "$BUILD/obj" >>"$LOG" 2>&1 || die "caffe install failed: read $LOG"
   cp -a "$STAGE/root$PREFIX/." "$STAGE/"
   rm -rf "$STAGE/root"
+  mkdir -p "$STAGE/test"
+  cp "$BUILD/obj/test/test.testbin" "$STAGE/test/"
   libs=$(LD_LIBRARY_PATH="$STAGE/lib" ldd "$STAGE/lib/libcaffe.so" "$STAGE/bin/caffe" 2>&1)
   ! grep -q 'not found' <<<"$libs" || die "libcaffe.so or caffe cannot find: $(grep 'not found' <<<"$libs" | sort -u | tr '\n' ' ')"
   "$CUDA_ROOT/bin/cuobjdump" --list-elf "$STAGE/lib/libcaffe.so" >"$STAGE/cuobjdump.txt" 2>&1 ||
     progress "(cuobjdump could not list the device code; see $STAGE/cuobjdump.txt)"
   cp "$BUNDLE/MANIFEST.json" "$STAGE/bundle-MANIFEST.json"
+  # The test binary keeps the build tree's RPATH: with that tree gone, it must find every
+  # library as scripts/caffe/gtest.sh runs it (libcaffe through LD_LIBRARY_PATH).
+  rm -rf "$BUILD"
+  libs=$(LD_LIBRARY_PATH="$STAGE/lib" ldd "$STAGE/test/test.testbin" 2>&1)
+  ! grep -q 'not found' <<<"$libs" || die "test.testbin cannot find: $(grep 'not found' <<<"$libs" | sort -u | tr '\n' ' ')"
   touch "$STAGE/.complete"
   rm -rf "$PREFIX"
   mv "$STAGE" "$PREFIX"
-  rm -rf "$BUILD"
 fi
 
 # --- 5. wire -------------------------------------------------------------------------------

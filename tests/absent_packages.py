@@ -7,6 +7,11 @@ package, instead of failed; every other outcome is left as it is. Nothing is ski
 package that is installed, and the plugin is not loaded by `make test`.
 
 Load it with `pytest -p tests.absent_packages`.
+
+The plugin sees only an import failing in the test's own process. A test whose optional package
+is imported elsewhere (a tool run in a child process, or a command line that turns the
+ImportError into its own one-line error) declares it instead with the mark ``needs(...)``, here
+too: skipped, with the same reason, wherever the package is absent (plugin loaded or not).
 """
 from __future__ import annotations
 
@@ -18,10 +23,29 @@ import pytest
 OPTIONAL = ("openvino", "nncf", "faiss", "onnx", "onnxruntime")
 
 
+def lacks(what: str) -> str:
+    """The reason a test is skipped for: WHAT, one or more absent optional packages."""
+    return f"needs {what}, which this machine's Python lacks"
+
+
+def installed(name: str) -> bool:
+    """Whether the optional package NAME can be imported (a name not in OPTIONAL is an error)."""
+    if name not in OPTIONAL:
+        raise ValueError(f"{name!r} is not one of the optional packages {OPTIONAL}")
+    return importlib.util.find_spec(name) is not None
+
+
+def needs(*packages: str) -> pytest.MarkDecorator:
+    """Skip mark for a test that needs these optional packages (``@needs("onnx", "onnxruntime")``),
+    skipped where any is absent, naming those."""
+    missing = [name for name in packages if not installed(name)]
+    return pytest.mark.skipif(bool(missing), reason=lacks(" and ".join(missing)))
+
+
 def absent(name: str | None) -> str | None:
     """The optional package a ModuleNotFoundError for NAME is about, if it is really absent."""
     top = (name or "").split(".")[0]
-    if top in OPTIONAL and importlib.util.find_spec(top) is None:
+    if top in OPTIONAL and not installed(top):
         return top
     return None
 
@@ -46,5 +70,4 @@ def pytest_runtest_makereport(item, call):
         pkg = missing_package(call.excinfo)
         if pkg:
             report.outcome = "skipped"
-            report.longrepr = (str(item.path), item.location[1] or 0,
-                               f"Skipped: needs {pkg}, which this machine's Python lacks")
+            report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {lacks(pkg)}")

@@ -7,8 +7,6 @@ what the re-run probe across tools/ found (Caffe's and FAISS's writers on a full
 that would have been ignored, out-of-range values, a train net given as the deploy net)."""
 from __future__ import annotations
 
-import importlib.util
-
 import subprocess
 import sys
 import warnings
@@ -18,6 +16,7 @@ import pytest
 
 from rmnet.caffe.protos import parse_net, read_net
 from rmnet.caffe.shapes import ShapeError, check_shapes, pool_output_size
+from tests.absent_packages import installed, needs
 from tests.conftest import REPO
 from tests.test_failures_outputs import features_file, one_line, run_main, small_fs  # noqa: F401
 
@@ -184,6 +183,7 @@ def untrained(tmp_path_factory) -> Path:
     return out
 
 
+@needs("onnx", "onnxruntime")   # tools/export.py (checked on ONNX Runtime) in a child process
 def test_the_default_export_check_is_scale_aware(tmp_path, untrained):
     from rmnet.deploy.export import ExportReport
     tool = [sys.executable, str(REPO / "tools" / "export.py"), "--prototxt", str(LIGHT),
@@ -202,6 +202,35 @@ def test_the_default_export_check_is_scale_aware(tmp_path, untrained):
                             check="absolute").ok
 
 
+@pytest.mark.parametrize("hidden", ["onnx", "onnxruntime"])
+def test_an_export_this_python_cannot_do_is_one_line_before_pycaffe_runs(tmp_path, monkeypatch,
+                                                                           hidden):
+    """tools/export.py where onnx (or ONNX Runtime, the check's runtime without --openvino) cannot
+    be imported: exit 2, one line naming the package, and nothing written. The package is made
+    unimportable for this process (a None in sys.modules), as on a machine without it."""
+    from commands import export
+    from rmnet.deploy import export as exporter
+    from rmnet.deploy.graph import ExportError
+    weights = exporter.random_caffemodel(LIGHT, tmp_path / "w.caffemodel")
+    monkeypatch.setitem(sys.modules, hidden, None)
+
+    def pycaffe_runs(*args, **kwargs):
+        raise AssertionError("pycaffe ran before the missing package was named")
+    monkeypatch.setattr(exporter, "caffe_forward", pycaffe_runs)
+    code, out, err = run_main(export.main, ["--prototxt", LIGHT, "--weights", weights,
+                                            "--out", tmp_path / "out"])
+    line = one_line(err)
+    needle = ("exporting needs the onnx package" if hidden == "onnx" or not installed("onnx")
+              else "no runtime to check the ONNX export with")
+    assert code == 2 and needle in line and out == "", err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ExportError) as e:      # the library's error says which import failed
+        exporter.export(LIGHT, weights, tmp_path / "out", openvino=False)
+    assert isinstance(e.value.__cause__, ModuleNotFoundError)
+    assert e.value.__cause__.name in (hidden, "onnx")
+
+
+@needs("onnx", "onnxruntime")   # the exporting runtime that falls back
 def test_the_embedder_falls_back_to_pycaffe_when_the_export_cannot_serve(tmp_path, untrained,
                                                                           monkeypatch):
     import functools
@@ -209,10 +238,7 @@ def test_the_embedder_falls_back_to_pycaffe_when_the_export_cannot_serve(tmp_pat
     import numpy as np
 
     import rmnet.deploy.embedder as embedder
-    from rmnet.deploy.backends import available_runtimes
     from rmnet.deploy.export import random_caffemodel
-    if "onnxruntime" not in available_runtimes() or importlib.util.find_spec("onnx") is None:
-        pytest.skip("needs ONNX Runtime and onnx: the exporting runtime that falls back")
     crop = np.zeros((128, 64, 3), np.uint8)
     # a net the exporter cannot convert (padded ceil-mode pooling), Caffe runs it
     proto = tmp_path / "ceil.prototxt"
@@ -308,6 +334,7 @@ def test_caffes_own_writers_never_meet_a_full_disk(tmp_path, small_fs):  # noqa:
     assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
 
 
+@needs("faiss")   # through tools/gallery.py, which reports the ImportError itself
 def test_a_gallery_build_on_a_full_disk_leaves_nothing(tmp_path, small_fs):  # noqa: F811
     from commands import gallery
     from rmnet.data.synthetic import SyntheticConfig, generate
@@ -324,7 +351,8 @@ def test_a_gallery_build_on_a_full_disk_leaves_nothing(tmp_path, small_fs):  # n
     assert sorted(p.name for p in mnt.iterdir()) == ["filler"]      # not even the folder
 
 
-@pytest.mark.parametrize("openvino", [False, True])
+@pytest.mark.parametrize("openvino", [pytest.param(False, marks=needs("onnx", "onnxruntime")),
+                                      pytest.param(True, marks=needs("onnx", "openvino"))])
 def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, openvino):
     """ONNX's writer raises an OSError naming no file, OpenVINO's a bare RuntimeError: both are
     the one line naming the file; the --out folder the export made is removed again."""
@@ -385,6 +413,7 @@ def test_flags_out_of_range_are_usage_errors(tmp_path):
         assert code == 2 and needle in err.strip().splitlines()[-1] and "Traceback" not in err
 
 
+@needs("faiss")   # through tools/gallery.py, which reports the ImportError itself
 def test_gallery_search_breadth_flags(tmp_path):
     from commands import gallery
     from rmnet.data.synthetic import SyntheticConfig, generate

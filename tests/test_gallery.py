@@ -21,6 +21,7 @@ from rmnet.gallery import Entry, Gallery, GalleryError, entry_from_path
 from rmnet.gallery import gallery as gmod
 from rmnet.gallery import index as ix
 from rmnet.gallery.evaluate import index_distance, topk_distance
+from tests.absent_packages import needs
 from tests.conftest import REPO
 
 PROTOTXT = REPO / "prototxt" / "light" / "deploy.prototxt"
@@ -466,6 +467,7 @@ def run_main(mod, *args) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+@needs("faiss")   # through tools/eval_market.py, which reports the ImportError itself
 def test_eval_market_index_exact_equals_brute_force(tmp_path):
     from rmnet.eval.features import FeatureSet, write_features
     rng = np.random.default_rng(1)
@@ -568,6 +570,7 @@ def test_embedder_model_hash(weights):
     assert Embedder.load([PROTOTXT, a], runtime="pycaffe").model_sha256 == ha
 
 
+@needs("faiss")   # through tools/gallery.py, which reports the ImportError itself
 def test_cli_build_search_add(work, market, weights, cli):
     from rmnet.deploy.embedder import Embedder, search
     a, b = weights

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.absent_packages import needs
 from tests.conftest import REPO
 
 MODEL = "c" * 64          # the model hash of the soak test's (random) descriptors
@@ -577,6 +578,7 @@ def two_writers(crops: dict, name: str, *extra: str) -> tuple[Path, list, int]:
     return g, results, n
 
 
+@needs("faiss")   # tools/gallery.py in child processes
 def test_two_concurrent_adds_both_land(crops):
     g, results, n = two_writers(crops, "both")
     assert [code for code, _ in results] == [0, 0], results
@@ -588,6 +590,7 @@ def test_two_concurrent_adds_both_land(crops):
     assert len(paths) == len(set(paths)) == 88
 
 
+@needs("faiss")   # tools/gallery.py in child processes
 def test_two_concurrent_adds_one_attempt_refuses_cleanly(crops):
     g, results, n = two_writers(crops, "once", "--attempts", "1")
     codes = sorted(code for code, _ in results)

@@ -254,3 +254,26 @@ def test_absent_optional_package_skips_and_nothing_else(tmp_path):
         assert "needs onnx, which this machine's Python lacks" in out.stdout
     else:   # installed here: its failure is a real failure
         assert "3 failed" in summary, out.stdout
+
+
+def test_the_needs_mark_skips_only_where_a_package_is_absent():
+    """The mark a test declares its optional packages with: a skip exactly where one is absent
+    (find_spec, as the plugin), naming only the absent ones; a name that is not one of the
+    optional packages is an error, not a test that is always skipped."""
+    import importlib.util
+
+    from tests.absent_packages import OPTIONAL, needs
+    have = {name: importlib.util.find_spec(name) is not None for name in OPTIONAL}
+    for name in OPTIONAL:
+        mark = needs(name).mark
+        assert mark.name == "skipif" and mark.args == (not have[name],)
+        if not have[name]:
+            assert mark.kwargs["reason"] == f"needs {name}, which this machine's Python lacks"
+    mark = needs("onnx", "faiss").mark
+    assert mark.args == (not (have["onnx"] and have["faiss"]),)
+    absent = [name for name in ("onnx", "faiss") if not have[name]]
+    if absent:
+        want = f"needs {' and '.join(absent)}, which this machine's Python lacks"
+        assert mark.kwargs["reason"] == want
+    with pytest.raises(ValueError, match="faiss-cpu"):
+        needs("faiss-cpu")

@@ -18,6 +18,7 @@ from rmnet.deploy.graph import AffineRecord, ConvRecord, load_graph
 from rmnet.deploy.ir import IRError, forward, read_ir
 from rmnet.deploy.ir_import import (IRImportError, decoded_images, identity_variance,
                                     import_ir, l2n)
+from tests.absent_packages import needs
 from tests.ir_fixtures import write_old_ir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -268,6 +269,7 @@ def test_unfold_keeps_descriptors_on_decoded_images(work, light, synthetic_data)
     assert np.abs(l2n(test_after) - l2n(ref)).max() < 1e-5
 
 
+@needs("openvino")   # tools/eval_market.py --runtime openvino reports its absence itself
 def test_eval_market_on_an_imported_model(work, light, synthetic_data):
     """tools/eval_market.py scores an imported model; pycaffe and OpenVINO agree."""
     import json

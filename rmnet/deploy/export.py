@@ -16,7 +16,9 @@ when every difference is within the tolerance are the files moved into place, ea
 atomically (``rmnet.atomic.atomic_path``; the IR's ``.bin`` before its ``.xml``), under an
 exclusive lock on ``out_dir``: two exports into one folder at once leave one export's complete
 set of files, never one's ``.xml`` with the other's ``.bin``. A failed check raises
-``ExportCheckError`` and leaves nothing behind.
+``ExportCheckError`` and leaves nothing behind. A Python without the packages an export needs
+(``onnx``; ONNX Runtime, or OpenVINO with ``openvino=True``) gets an ``ExportError`` naming the
+package once the files and images are read, before pycaffe runs (``check_packages``).
 
 The check is scale-aware by default: max |diff| <= 1e-4 x max(1, max |pycaffe output|), i.e.
 absolute for descriptors of magnitude up to 1 and relative above. Float32 rounding grows with the
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -196,6 +199,7 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
     name = name or weights.stem
     h, w = g.input_hw
     blob, source = check_images(images, h, w, n_images)
+    check_packages(openvino)                   # what this Python lacks, before pycaffe runs
     adapt_graph(g, input)
     output = NORMALIZED_OUTPUT if normalize else g.outputs[0]
     dim = int(np.prod(g.shapes[g.outputs[0]][1:]))
@@ -225,6 +229,26 @@ def export(prototxt: str | os.PathLike, weights: str | os.PathLike, out_dir: str
         raise
 
 
+def check_packages(openvino: bool) -> None:
+    """ExportError naming the package this Python lacks for an export: ``onnx`` to write the
+    model, ONNX Runtime (or OpenVINO, with ``openvino=True``) to check it, OpenVINO for the IR.
+    Its cause is the ModuleNotFoundError an import would raise (callers may look for it)."""
+    def lacking(module: str, message: str) -> ExportError:
+        err = ExportError(message)
+        err.__cause__ = ModuleNotFoundError(f"No module named {module!r}", name=module)
+        return err
+
+    if importlib.util.find_spec("onnx") is None:
+        raise lacking("onnx", "exporting needs the onnx package, which this Python lacks (pip "
+                              "install onnx; see requirements.txt)")
+    if openvino and not runtime_available("openvino"):
+        raise lacking("openvino", "--openvino needs the openvino package (pip install openvino; "
+                                  "see requirements.txt)")
+    if not openvino and not runtime_available("onnxruntime"):
+        raise lacking("onnxruntime", "no runtime to check the ONNX export with: install "
+                                     "onnxruntime or openvino (requirements.txt)")
+
+
 def _write_checked(model, blob, ref, report, prototxt, weights, out_dir, name, openvino, check,
                    tolerance, relative) -> ExportReport:
     """export()'s second half: the files staged in ``out_dir``, checked, moved into place."""
@@ -236,9 +260,6 @@ def _write_checked(model, blob, ref, report, prototxt, weights, out_dir, name, o
             got = OnnxRuntimeBackend(onnx_tmp).infer(blob)
             report.max_abs_diff["onnxruntime"] = _max_diff(ref, got)
         if openvino:
-            if not runtime_available("openvino"):
-                raise ExportError("--openvino needs the openvino package (pip install "
-                                  "openvino; see requirements.txt)")
             import openvino as ov
 
             xml_tmp = stage / f"{name}.xml"
@@ -248,9 +269,6 @@ def _write_checked(model, blob, ref, report, prototxt, weights, out_dir, name, o
             save_ir_files(ir, xml_tmp)
             got = OpenVINOBackend(xml_tmp).infer(blob)
             report.max_abs_diff["openvino"] = _max_diff(ref, got)
-        if not report.max_abs_diff:
-            raise ExportError("no runtime to check the ONNX export with: install onnxruntime "
-                              "or openvino (requirements.txt)")
         if not report.ok:
             rel = max(report.max_abs_diff.values()) / max(report.max_abs_ref, 1e-30)
             raise ExportCheckError(
