@@ -283,14 +283,22 @@ if [ ! -f "$PREFIX/.complete" ]; then
   [ "$rc" -eq 0 ] || die "caffe build failed: read $LOG (last error: $(grep -m1 -i 'error' "$LOG" | cut -c1-160))"
   t_gtests=$SECONDS
   progress "caffe's gtests of the patched layers (test.testbin: ${GTESTS//,/ })"
-  cmake --build "$BUILD/obj" -j "$JOBS" --target test.testbin >>"$LOG" 2>&1 ||
-    die "building Caffe's gtests failed: read $LOG (last error: $(grep -i 'error' "$LOG" | tail -n 1 | cut -c1-160))"
-  progress "gtests built in $((SECONDS - t_gtests)) s"
+  # Caffe itself is built: a gtest failure is reported (tests/test_caffe_gtests.py then fails,
+  # naming the missing binary) but does not cost the GPU its Caffe.
+  GTEST_OK=1
+  if cmake --build "$BUILD/obj" -j "$JOBS" --target test.testbin >>"$LOG" 2>&1; then
+    progress "gtests built in $((SECONDS - t_gtests)) s"
+  else
+    GTEST_OK=0
+    progress "WARNING: building Caffe's gtests failed after $((SECONDS - t_gtests)) s (Caffe is built; read $LOG, last error: $(grep -i 'error' "$LOG" | tail -n 1 | cut -c1-160))"
+  fi
   DESTDIR=$STAGE/root cmake --install "$BUILD/obj" >>"$LOG" 2>&1 || die "caffe install failed: read $LOG"
   cp -a "$STAGE/root$PREFIX/." "$STAGE/"
   rm -rf "$STAGE/root"
-  mkdir -p "$STAGE/test"
-  cp "$BUILD/obj/test/test.testbin" "$STAGE/test/"
+  if [ "$GTEST_OK" = 1 ]; then
+    mkdir -p "$STAGE/test"
+    cp "$BUILD/obj/test/test.testbin" "$STAGE/test/"
+  fi
   libs=$(LD_LIBRARY_PATH="$STAGE/lib" ldd "$STAGE/lib/libcaffe.so" "$STAGE/bin/caffe" 2>&1)
   ! grep -q 'not found' <<<"$libs" || die "libcaffe.so or caffe cannot find: $(grep 'not found' <<<"$libs" | sort -u | tr '\n' ' ')"
   "$CUDA_ROOT/bin/cuobjdump" --list-elf "$STAGE/lib/libcaffe.so" >"$STAGE/cuobjdump.txt" 2>&1 ||
@@ -299,8 +307,13 @@ if [ ! -f "$PREFIX/.complete" ]; then
   # The test binary keeps the build tree's RPATH: with that tree gone, it must find every
   # library as scripts/caffe/gtest.sh runs it (libcaffe through LD_LIBRARY_PATH).
   rm -rf "$BUILD"
-  libs=$(LD_LIBRARY_PATH="$STAGE/lib" ldd "$STAGE/test/test.testbin" 2>&1)
-  ! grep -q 'not found' <<<"$libs" || die "test.testbin cannot find: $(grep 'not found' <<<"$libs" | sort -u | tr '\n' ' ')"
+  if [ "$GTEST_OK" = 1 ]; then
+    libs=$(LD_LIBRARY_PATH="$STAGE/lib" ldd "$STAGE/test/test.testbin" 2>&1)
+    if grep -q 'not found' <<<"$libs"; then
+      progress "WARNING: test.testbin cannot find: $(grep 'not found' <<<"$libs" | sort -u | tr '\n' ' ')(removed; Caffe is built)"
+      rm -rf "$STAGE/test"
+    fi
+  fi
   touch "$STAGE/.complete"
   rm -rf "$PREFIX"
   mv "$STAGE" "$PREFIX"
