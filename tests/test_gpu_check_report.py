@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -211,7 +212,7 @@ def test_nvidia_driver_version(tmp_path, text, version):
     assert nvidia_driver_version(str(tmp_path / "absent")) is None
 
 
-def test_project_commit_from_git_then_environment_then_unknown(tmp_path, monkeypatch):
+def test_project_commit_from_the_environment_then_unknown(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "f.txt").write_text("one\n")
@@ -220,6 +221,15 @@ def test_project_commit_from_git_then_environment_then_unknown(tmp_path, monkeyp
     assert unknown["commit"] is None and unknown["source"].startswith("unknown")
     monkeypatch.setenv("RMNET_COMMIT", "abc123")
     assert project_commit(repo) == {"commit": "abc123", "dirty": None, "source": "RMNET_COMMIT"}
+
+
+@pytest.mark.skipif(shutil.which("git") is None,
+                    reason="no git on this machine (a bare root): the git source cannot be made")
+def test_project_commit_prefers_git_over_the_environment(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "f.txt").write_text("one\n")
+    monkeypatch.setenv("RMNET_COMMIT", "abc123")
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(git + ["init", "-q"], check=True)
     subprocess.run(git + ["add", "f.txt"], check=True)
