@@ -96,14 +96,20 @@ def is_open(name: str, open_layers: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in open_layers)
 
 
-def layer_training(cfg: dict | None, freeze: bool) -> dict:
+CAFFE_BN_FRACTION = 0.999
+
+
+def layer_training(cfg: dict | None, freeze: bool, deploy: bool = False) -> dict:
     """The template functions ``lr(layer)`` (its lr_mult) and ``global_stats(layer)`` (whether a
     BatchNorm uses its stored statistics in training). In the freeze stage (``freeze``: the
     train net of the first fine-tuning stage, fast-reid's FREEZE_ITERS) every layer not in
     ``freeze.open_layers`` gets lr_mult 0 and stored BatchNorm statistics, so nothing of it
     changes (torchreid puts the fixed modules in eval mode for the same reason); otherwise every
     layer trains, and BatchNorm keeps its stored statistics when
-    ``batchnorm.use_global_stats`` says so (a short fine-tuning on few identities)."""
+    ``batchnorm.use_global_stats`` says so (a short fine-tuning on few identities).
+    ``bn_fraction(layer)``: ``batchnorm.moving_average_fraction`` (how much of its running
+    statistics a BatchNorm keeps each iteration: 0.999 remembers about 1000 iterations, which lag
+    behind weights that change fast in a short run from scratch)."""
     keep = bool(cfg and cfg["batchnorm"]["use_global_stats"])
     open_layers = cfg["freeze"]["open_layers"] if cfg else []
 
@@ -113,7 +119,18 @@ def layer_training(cfg: dict | None, freeze: bool) -> dict:
     def global_stats(name: str) -> bool:
         return keep or (freeze and not is_open(name, open_layers))
 
-    return {"lr": lr, "global_stats": global_stats}
+    # Caffe's default moving_average_fraction; another value is written only where it differs,
+    # so nets rendered before the knob existed stay byte for byte the same.
+    # A deploy net never trains, so it keeps the default.
+    fraction = (cfg["batchnorm"]["moving_average_fraction"] if cfg and not deploy
+                else CAFFE_BN_FRACTION)
+
+    def bn_fraction(name: str) -> float | None:
+        """The moving_average_fraction a training BatchNorm writes, None for Caffe's default
+        (or a layer on stored statistics, which keeps no running average)."""
+        return None if global_stats(name) or fraction == CAFFE_BN_FRACTION else fraction
+
+    return {"lr": lr, "global_stats": global_stats, "bn_fraction": bn_fraction}
 
 
 # --- what the training parts need, derived from the config ---------------------------------
@@ -287,7 +304,7 @@ def render(variant: str | Variant, phase: str, *, deploy_output: str | None = No
         cfg = dict(cfg, dropout=dict(cfg["dropout"], enabled=False))
     context = {
         "net_name": f"rmnet_{variant.name}_{phase}" + ("_freeze" if freeze else ""),
-        **layer_training(cfg, freeze),
+        **layer_training(cfg, freeze, deploy=phase == "deploy"),
         "cfg": cfg,
         "plan": plan,
         "training": training_context(cfg),

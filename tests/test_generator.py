@@ -703,6 +703,27 @@ def test_scratch_small_is_a_short_schedule_that_ends_at_1e3():
     assert len(am) == 1 and am[0]["margin"] == 0.0 and am[0]["scale"] == 30.0
 
 
+def test_batchnorm_moving_average_fraction_reaches_every_training_batchnorm():
+    def fractions(net):
+        return [(l.batch_norm_param.HasField("moving_average_fraction"),
+                 round(l.batch_norm_param.moving_average_fraction, 6),
+                 l.batch_norm_param.use_global_stats)
+                for l in net.layer if l.type == "BatchNorm"]
+    default = fractions(render("light", "train").net)
+    assert default and all(f == (False, 0.999, False) for f in default)   # Caffe's default, unwritten
+    faster = {"batchnorm": {"moving_average_fraction": 0.99}}
+    written = fractions(render("light", "train", overrides=faster).net)
+    assert len(written) == len(default) and all(f == (True, 0.99, False) for f in written)
+    deploy = render("light", "deploy", overrides=faster).net
+    assert all(not l.batch_norm_param.HasField("moving_average_fraction")
+               for l in deploy.layer if l.type == "BatchNorm")
+    kept = {"batchnorm": {"moving_average_fraction": 0.99, "use_global_stats": True}}
+    assert all(f == (False, 0.999, True)        # stored statistics keep no running average
+               for f in fractions(render("light", "train", overrides=kept).net))
+    with pytest.raises(ConfigError, match="moving_average_fraction"):
+        render("light", "train", overrides={"batchnorm": {"moving_average_fraction": 0}})
+
+
 def test_iter_size_reaches_the_layers_that_count_iterations():
     net = render("light", "train", overrides={"solver": {"iter_size": 3}}).net
     counted = [json.loads(l.python_param.param_str)["iter_size"] for l in net.layer
