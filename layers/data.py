@@ -136,6 +136,98 @@ def _worker_init() -> None:
         pass
 
 
+def _worker_main(tasks, results) -> None:
+    """One worker: a thread keeps its task pipe drained (so the parent never blocks sending a
+    job while this process blocks sending a finished batch), the main thread loads the jobs
+    in order and sends each result back."""
+    import queue
+    import threading
+
+    _worker_init()
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+
+    def drain() -> None:
+        while True:
+            try:
+                job = tasks.recv()
+            except (EOFError, OSError):
+                job = None
+            todo.put(job)
+            if job is None:
+                return
+
+    threading.Thread(target=drain, daemon=True).start()
+    while (job := todo.get()) is not None:
+        try:
+            results.send(load_job(job))
+        except (BrokenPipeError, OSError):   # the parent closed its end: nothing to do
+            return
+
+
+class WorkerPool:
+    """Worker processes, each with its own two pipes: job k goes to worker k mod n, and its
+    result comes back from that worker in order. No lock is shared between processes, so a
+    worker that dies or stops can never block the parent: a dead worker is an end of file on
+    its pipe (named at once), a stuck one a timeout, and ``close`` kills them all
+    (multiprocessing.Pool.terminate can wait forever on a lock a worker holds)."""
+
+    def __init__(self, n: int, ctx) -> None:
+        self._workers = []
+        self._sent = 0
+        try:
+            for _ in range(n):
+                task_r, task_w = ctx.Pipe(duplex=False)
+                res_r, res_w = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker_main, args=(task_r, res_w), daemon=True,
+                                   name=f"MarketDataLayer worker {len(self._workers)}")
+                proc.start()
+                task_r.close()     # the parent keeps only its ends: a dead worker is EOF
+                res_w.close()
+                self._workers.append((proc, task_w, res_r))
+        except BaseException:
+            self.close()
+            raise
+
+    def submit(self, job: Job) -> int:
+        """Send a job; returns the worker whose result to read (in submission order)."""
+        k = self._sent % len(self._workers)
+        self._sent += 1
+        proc, task_w, _ = self._workers[k]
+        try:
+            task_w.send(job)
+        except (BrokenPipeError, OSError):
+            raise RuntimeError(f"MarketDataLayer: {proc.name} (pid {proc.pid}) is gone "
+                               f"(exit status {proc.exitcode}; killed, e.g. out of memory?)"
+                               ) from None
+        return k
+
+    def result(self, k: int, timeout: float):
+        """The next result of worker k; RuntimeError, naming it, if it died or took longer
+        than ``timeout`` seconds."""
+        proc, _, res_r = self._workers[k]
+        try:
+            if res_r.poll(timeout):
+                return res_r.recv()
+        except (EOFError, OSError):
+            proc.join(1.0)
+            raise RuntimeError(f"MarketDataLayer: {proc.name} (pid {proc.pid}) died before "
+                               f"sending its batch (exit status {proc.exitcode}; killed, e.g. "
+                               f"out of memory?)") from None
+        raise RuntimeError(f"MarketDataLayer: no batch from {proc.name} (pid {proc.pid}) in "
+                           f"{timeout:.0f} s (it hung, or the machine is overloaded)")
+
+    def close(self) -> None:
+        """Kill the workers and wait for them (a few seconds at most)."""
+        for proc, _, _ in self._workers:
+            if proc.is_alive():
+                proc.kill()
+        for proc, task_w, res_r in self._workers:
+            proc.join(5.0)
+            task_w.close()
+            res_r.close()
+        self._workers = []
+
+
 # --- the batch producer (no Caffe) ---------------------------------------------------------
 
 class BatchSource:
@@ -203,7 +295,7 @@ class BatchSource:
     def _submit(self) -> None:
         job, ids, weights, round_ = self._plan()
         if self._pool is not None:
-            handle = self._pool.apply_async(load_job, (job,))
+            handle = self._pool.submit(job)
         else:
             handle = load_job(job)
         self._pending.append((handle, ids, weights, round_))
@@ -219,8 +311,7 @@ class BatchSource:
             threads = cv2.getNumThreads()
             cv2.setNumThreads(1)
             try:
-                ctx = mp.get_context("fork")
-                self._pool = ctx.Pool(self.cfg.workers, initializer=_worker_init)
+                self._pool = WorkerPool(self.cfg.workers, mp.get_context("fork"))
             finally:
                 cv2.setNumThreads(threads)
         while len(self._pending) < self.cfg.prefetch:
@@ -234,12 +325,7 @@ class BatchSource:
         if self._pool is None:
             _, images, bad = handle
         else:
-            try:
-                _, images, bad = handle.get(timeout=self.cfg.worker_timeout)
-            except mp.TimeoutError:
-                raise RuntimeError(f"MarketDataLayer: no batch from the worker processes in "
-                                   f"{self.cfg.worker_timeout:.0f} s (a worker hung, or was killed, e.g. out "
-                                   f"of memory?)") from None
+            _, images, bad = self._pool.result(handle, self.cfg.worker_timeout)
         if round_ != self._round:
             self._report_bad()
             self._round = round_
@@ -268,8 +354,9 @@ class BatchSource:
         """Report what is left to report and stop the worker processes."""
         self._report_bad()
         if self._pool is not None:
-            self._pool.terminate()
+            self._pool.close()
             self._pool = None
+            self._pending.clear()     # tickets of workers that no longer exist
 
 
 def load_train_list(root: str | Path | list, format=None, trainval: bool = False

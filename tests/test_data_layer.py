@@ -3,7 +3,9 @@ corrupt images), then the real layers through pycaffe: tops, the TEST phase, the
 reaching the miner, and the errors a user meets first (wrong folder, wrong class count)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -263,3 +265,46 @@ def test_workers_do_not_hang_after_the_parent_used_opencv_threads(dataset):
     (images, *_), = take(src, 1)
     assert images.any()
     assert cv2.getNumThreads() == threads          # the caller's setting is back
+
+
+def test_a_killed_worker_is_named_at_once_and_close_never_waits_on_it(dataset):
+    """A worker killed mid-run (out of memory, say) is reported by name at the next batch,
+    without waiting out worker_timeout, and stopping the source returns at once."""
+    import signal
+    import time
+
+    src = make_source(dataset, workers=2, worker_timeout=120)
+    src.next()
+    victim = src._pool._workers[0][0]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(10)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=rf"worker 0 \(pid {victim.pid}\) (died|is gone)"):
+        for _ in range(4):
+            src.next()
+    stopped = src._pool._workers[1][0]
+    os.kill(stopped.pid, signal.SIGSTOP)                # a worker that hangs forever
+    src.close()
+    assert time.monotonic() - t0 < 30
+    assert not victim.is_alive() and not stopped.is_alive() and src._pool is None
+
+
+def test_batches_larger_than_a_pipe_with_deep_prefetch_do_not_deadlock(dataset, tmp_path):
+    """Jobs over the 64 KiB pipe buffer (long paths), three queued per worker: the parent never
+    blocks sending a job while a worker blocks sending a finished batch."""
+    import pickle
+
+    deep = tmp_path
+    for i in range(15):                                 # a ~3700-character root
+        deep = deep / (f"{i:02d}" + "d" * 240)
+    deep.mkdir(parents=True)
+    (deep / "market").symlink_to(dataset)
+    paths, labels, _ = load_train_list(deep / "market")
+    cfg = DataConfig(root=str(deep / "market"), height=H, width=W, batch_size=24,
+                     images_per_id=4, workers=2, prefetch=6, worker_timeout=60)
+    serial = dataclasses.replace(cfg, workers=0)
+    assert len(pickle.dumps(BatchSource(serial, paths, labels, True)._plan()[0])) > 64 * 1024
+    src = BatchSource(cfg, paths, labels, True)
+    ref = BatchSource(serial, paths, labels, True)
+    for (a, *_), (b, *_) in zip(take(src, 8), take(ref, 8)):
+        assert np.array_equal(a, b)
