@@ -109,16 +109,19 @@ class Job:
     width: int
 
 
-def load_job(job: Job) -> tuple[int, np.ndarray, list[int]]:
-    """Load, augment and stack one batch: (index, uint8 (N,H,W,3), positions of bad images)."""
+def load_job(job: Job, out: np.ndarray | None = None) -> tuple[int, np.ndarray, list[int]]:
+    """Load, augment and stack one batch: (index, uint8 (N,H,W,3), positions of bad images,
+    which are zeros). ``out``: the array to fill (a worker's shared slot), else a new one."""
     from rmnet.data.images import ImageError, load_bgr
 
-    out = np.zeros((len(job.paths), job.height, job.width, 3), np.uint8)
+    if out is None:
+        out = np.zeros((len(job.paths), job.height, job.width, 3), np.uint8)
     bad = []
     for i, (path, p) in enumerate(zip(job.paths, job.params)):
         try:
             out[i] = augment.apply(load_bgr(path), job.height, job.width, p)
         except ImageError:
+            out[i] = 0
             bad.append(i)
     return job.index, out, bad
 
@@ -136,50 +139,54 @@ def _worker_init() -> None:
         pass
 
 
-def _worker_main(tasks, results) -> None:
-    """One worker: a thread keeps its task pipe drained (so the parent never blocks sending a
-    job while this process blocks sending a finished batch), the main thread loads the jobs
-    in order and sends each result back."""
-    import queue
-    import threading
-
+def _worker_main(tasks, results, slots: np.ndarray) -> None:
+    """One worker: load each (slot, job) it is sent into its shared slot, in order, and send
+    back only (index, batch size, positions of bad images)."""
     _worker_init()
-    todo: queue.SimpleQueue = queue.SimpleQueue()
-
-    def drain() -> None:
-        while True:
-            try:
-                job = tasks.recv()
-            except (EOFError, OSError):
-                job = None
-            todo.put(job)
-            if job is None:
-                return
-
-    threading.Thread(target=drain, daemon=True).start()
-    while (job := todo.get()) is not None:
+    while True:
         try:
-            results.send(load_job(job))
-        except (BrokenPipeError, OSError):   # the parent closed its end: nothing to do
+            item = tasks.recv()
+        except (EOFError, OSError):   # the parent is gone
+            return
+        if item is None:
+            return
+        slot, job = item
+        index, _, bad = load_job(job, slots[slot, :len(job.paths)])
+        try:
+            results.send((index, len(job.paths), bad))
+        except (BrokenPipeError, OSError):
             return
 
 
 class WorkerPool:
-    """Worker processes, each with its own two pipes: job k goes to worker k mod n, and its
-    result comes back from that worker in order. No lock is shared between processes, so a
-    worker that dies or stops can never block the parent: a dead worker is an end of file on
-    its pipe (named at once), a stuck one a timeout, and ``close`` kills them all
-    (multiprocessing.Pool.terminate can wait forever on a lock a worker holds)."""
+    """Worker processes, each with its own two pipes and its own slots of shared memory: job k
+    goes to worker k mod n, which writes the batch into one of its slots and sends back a few
+    bytes; results come back from each worker in order. Batches never travel through a pipe
+    (2 MB in 64 KiB pieces, each waiting for the worker to be scheduled beside Caffe's threads),
+    and no lock is shared between processes, so a worker that dies or stops can never block
+    the parent: a dead worker is an end of file on its pipe (named at once), a stuck one a
+    timeout, and ``close`` kills them all (multiprocessing.Pool.terminate can wait forever on
+    a lock a worker holds).
 
-    def __init__(self, n: int, ctx) -> None:
+    ``in_flight``: the most jobs outstanding at once (the prefetch depth); each worker gets
+    enough slots that no slot is rewritten before its batch was read (``result`` copies it)."""
+
+    def __init__(self, n: int, ctx, in_flight: int, batch_shape: tuple[int, ...]) -> None:
+        import mmap
+
         self._workers = []
         self._sent = 0
+        self._per_worker = -(-in_flight // n)
+        shape = (n, self._per_worker, *batch_shape)
+        # Anonymous shared memory, inherited by the forked workers.
+        self._memory = mmap.mmap(-1, int(np.prod(shape)))
+        self._slots = np.frombuffer(self._memory, np.uint8).reshape(shape)
         try:
-            for _ in range(n):
+            for w in range(n):
                 task_r, task_w = ctx.Pipe(duplex=False)
                 res_r, res_w = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker_main, args=(task_r, res_w), daemon=True,
-                                   name=f"MarketDataLayer worker {len(self._workers)}")
+                proc = ctx.Process(target=_worker_main, args=(task_r, res_w, self._slots[w]),
+                                   daemon=True, name=f"MarketDataLayer worker {w}")
                 proc.start()
                 task_r.close()     # the parent keeps only its ends: a dead worker is EOF
                 res_w.close()
@@ -188,26 +195,31 @@ class WorkerPool:
             self.close()
             raise
 
-    def submit(self, job: Job) -> int:
-        """Send a job; returns the worker whose result to read (in submission order)."""
+    def submit(self, job: Job) -> tuple[int, int]:
+        """Send a job; returns its ticket (worker, slot) for ``result``, in submission order."""
         k = self._sent % len(self._workers)
+        slot = (self._sent // len(self._workers)) % self._per_worker
         self._sent += 1
         proc, task_w, _ = self._workers[k]
         try:
-            task_w.send(job)
+            task_w.send((slot, job))
         except (BrokenPipeError, OSError):
             raise RuntimeError(f"MarketDataLayer: {proc.name} (pid {proc.pid}) is gone "
                                f"(exit status {proc.exitcode}; killed, e.g. out of memory?)"
                                ) from None
-        return k
+        return k, slot
 
-    def result(self, k: int, timeout: float):
-        """The next result of worker k; RuntimeError, naming it, if it died or took longer
-        than ``timeout`` seconds."""
+    def result(self, ticket: tuple[int, int], timeout: float
+               ) -> tuple[int, np.ndarray, list[int]]:
+        """(index, a copy of the batch, bad positions) of a ticket, whose results come in
+        submission order; RuntimeError, naming the worker, if it died or took longer than
+        ``timeout`` seconds."""
+        k, slot = ticket
         proc, _, res_r = self._workers[k]
         try:
             if res_r.poll(timeout):
-                return res_r.recv()
+                index, n, bad = res_r.recv()
+                return index, self._slots[k, slot, :n].copy(), bad
         except (EOFError, OSError):
             proc.join(1.0)
             raise RuntimeError(f"MarketDataLayer: {proc.name} (pid {proc.pid}) died before "
@@ -311,7 +323,9 @@ class BatchSource:
             threads = cv2.getNumThreads()
             cv2.setNumThreads(1)
             try:
-                self._pool = WorkerPool(self.cfg.workers, mp.get_context("fork"))
+                cfg = self.cfg
+                self._pool = WorkerPool(cfg.workers, mp.get_context("fork"), cfg.prefetch,
+                                        (cfg.batch_size, cfg.height, cfg.width, 3))
             finally:
                 cv2.setNumThreads(threads)
         while len(self._pending) < self.cfg.prefetch:
