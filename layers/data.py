@@ -162,8 +162,8 @@ class WorkerPool:
     """Worker processes, each with its own two pipes and its own slots of shared memory: job k
     goes to worker k mod n, which writes the batch into one of its slots and sends back a few
     bytes; results come back from each worker in order. Batches never travel through a pipe
-    (2 MB in 64 KiB pieces, each waiting for the worker to be scheduled beside Caffe's threads),
-    and no lock is shared between processes, so a worker that dies or stops can never block
+    (the parent would wait while a 2 MB batch is copied through it in 64 KiB pieces), and no
+    lock is shared between processes, so a worker that dies or stops can never block
     the parent: a dead worker is an end of file on its pipe (named at once), a stuck one a
     timeout, and ``close`` kills them all (multiprocessing.Pool.terminate can wait forever on
     a lock a worker holds).
