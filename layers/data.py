@@ -127,13 +127,18 @@ def load_job(job: Job, out: np.ndarray | None = None) -> tuple[int, np.ndarray, 
 
 
 def _worker_init() -> None:
+    import signal
+
     import cv2
     cv2.setNumThreads(1)
+    # A worker forked from `caffe train` inherits glog's failure handler, which would print a
+    # crash report ("*** SIGTERM received ...", a stack trace) into the training log when the
+    # worker is stopped at the end of the run: a worker just ends.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # `caffe train` exits without shutting the pool down: end with it (Linux's parent-death
     # signal) instead of failing to send the next prefetched batch into a closed pipe.
     try:
         import ctypes
-        import signal
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
     except (OSError, AttributeError):   # not Linux: the worker stops at the broken pipe instead
         pass

@@ -683,7 +683,7 @@ def test_market_solver_is_the_papers_schedule():
     assert 2 * s.stepsize <= switch < s.max_iter
 
 
-def test_scratch_small_is_a_short_schedule_that_ends_at_1e3():
+def test_scratch_small_is_a_short_schedule_from_3e2_to_3e3():
     from generator import render_solver
     s = render_solver("scratch_small").solver
     cfg = load_variant("scratch_small").config
@@ -691,16 +691,19 @@ def test_scratch_small_is_a_short_schedule_that_ends_at_1e3():
     def lr(it: int) -> float:          # Caffe's "step" policy
         return s.base_lr * s.gamma ** (it // s.stepsize)
     assert s.lr_policy == "step" and s.max_iter == 4200 and s.snapshot == 600
-    assert lr(0) == pytest.approx(0.01) and lr(s.max_iter - 1) == pytest.approx(0.001, rel=1e-4)
-    assert lr(s.max_iter - 1) < lr(0)                          # no 1e-4 phase, but a decay
-    # the paper's ramps and the dropout switch-off fall inside the run, dropout off at 1e-3
-    assert lr(cfg["dropout"]["switch_off_iter"]) == pytest.approx(0.001, rel=1e-4)
+    assert lr(0) == pytest.approx(0.03) and lr(s.max_iter - 1) == pytest.approx(0.003, rel=1e-4)
+    assert s.stepsize * 2 > s.max_iter                         # one decay, no 3e-4 phase
+    # the paper's ramps and the dropout switch-off fall inside the run, dropout off at 3e-3
+    assert lr(cfg["dropout"]["switch_off_iter"]) == pytest.approx(0.003, rel=1e-4)
     assert cfg["dropout"]["switch_off_iter"] < s.max_iter
     assert cfg["data"]["difficulty_ramp_iters"] < s.max_iter
     assert cfg["losses"]["smart_margins"]["ramp_iters"] < s.max_iter
-    am = [json.loads(l.python_param.param_str) for l in render("scratch_small", "train").net.layer
+    train = render("scratch_small", "train").net
+    am = [json.loads(l.python_param.param_str) for l in train.layer
           if l.python_param.layer == "AMSoftmaxLossLayer"]
     assert len(am) == 1 and am[0]["margin"] == 0.0 and am[0]["scale"] == 30.0
+    bns = [l.batch_norm_param for l in train.layer if l.type == "BatchNorm"]
+    assert bns and all(b.moving_average_fraction == pytest.approx(0.99) for b in bns)
 
 
 def test_batchnorm_moving_average_fraction_reaches_every_training_batchnorm():
