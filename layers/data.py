@@ -135,7 +135,7 @@ def _worker_init() -> None:
     # crash report ("*** SIGTERM received ...", a stack trace) into the training log when the
     # worker is stopped at the end of the run: a worker just ends.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # `caffe train` exits without shutting the pool down: end with it (Linux's parent-death
+    # `caffe train` may exit without stopping the workers: end with it (Linux's parent-death
     # signal) instead of failing to send the next prefetched batch into a closed pipe.
     try:
         import ctypes
@@ -152,8 +152,6 @@ def _worker_main(tasks, results, slots: np.ndarray) -> None:
         try:
             item = tasks.recv()
         except (EOFError, OSError):   # the parent is gone
-            return
-        if item is None:
             return
         slot, job = item
         index, _, bad = load_job(job, slots[slot, :len(job.paths)])
