@@ -395,9 +395,12 @@ def test_setup_usage_error():
 def test_make_selects_the_gpu_recipe_and_venv_only_with_gpu_1():
     if not shutil.which("make"):
         pytest.skip("no make")
-    # Under `make test GPU=1`, make passes GPU=1 down through MAKEFLAGS: start from a clean slate.
+    # Under `make test GPU=1 OFFLINE=...`, make passes its command-line variables down (through
+    # MAKEFLAGS and the environment): start from a clean slate, without any the Makefile reads.
+    settable = set(re.findall(r"^([A-Z_]+) \?=", (REPO / "Makefile").read_text(), re.M))
+    assert {"GPU", "CUDA", "OFFLINE"} <= settable
     env = {k: v for k, v in os.environ.items()
-           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GPU")}
+           if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"} | settable}
 
     def dry(*args):
         return subprocess.run(["make", "-n", "-C", str(REPO), *args], capture_output=True,
@@ -406,6 +409,8 @@ def test_make_selects_the_gpu_recipe_and_venv_only_with_gpu_1():
     assert "--gpu" not in dry("setup") and "--gpu" not in dry("test")
     assert ".venv/bin/python -m pytest" in dry("test")
     assert ".venv-gpu/bin/python -m pytest" in dry("test", "GPU=1")
+    offline = dry("setup", "GPU=1", "OFFLINE=b.tar.xz")
+    assert 'scripts/offline_setup.sh "b.tar.xz"' in offline and "setup.sh --gpu" not in offline
 
 
 def test_fatbin_check_refuses_a_library_without_device_code():
