@@ -150,10 +150,9 @@ def _worker_main(tasks, results, slots: np.ndarray) -> None:
     _worker_init()
     while True:
         try:
-            item = tasks.recv()
+            slot, job = tasks.recv()
         except (EOFError, OSError):   # the parent is gone
             return
-        slot, job = item
         index, _, bad = load_job(job, slots[slot, :len(job.paths)])
         try:
             results.send((index, len(job.paths), bad))
